@@ -1,0 +1,140 @@
+//! One error type for every backend, classified by [`ErrorKind`].
+
+use std::fmt;
+
+/// Result alias used throughout fleetwire.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, independent of the backend that reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A name, payload or argument was rejected before anything was sent.
+    InvalidInput,
+    /// The thing asked for does not exist (stream, group, entry).
+    NotFound,
+    /// The store could not be reached or refused the call; retrying may help.
+    Unavailable,
+    /// The call did not finish in time.
+    Timeout,
+    /// The backend cannot do this (see its capabilities).
+    Unsupported,
+    /// A payload could not be encoded or decoded.
+    Codec,
+    /// The store answered with something fleetwire did not expect.
+    Protocol,
+    /// The lifecycle was asked to stop.
+    Shutdown,
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::InvalidInput => "invalid input",
+            Self::NotFound => "not found",
+            Self::Unavailable => "unavailable",
+            Self::Timeout => "timeout",
+            Self::Unsupported => "unsupported",
+            Self::Codec => "codec",
+            Self::Protocol => "protocol",
+            Self::Shutdown => "shutdown",
+        })
+    }
+}
+
+type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The error every fleetwire call returns.
+///
+/// The message says what failed and with which name, e.g.
+/// ``publish to stream `inbound` failed: connection refused``; the backend's
+/// own error is kept as [`std::error::Error::source`].
+#[derive(thiserror::Error)]
+#[error("{context}{}", .source.as_ref().map(|s| format!(": {s}")).unwrap_or_default())]
+pub struct Error {
+    kind: ErrorKind,
+    context: String,
+    temporary: bool,
+    #[source]
+    source: Option<Source>,
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Error")
+            .field("kind", &self.kind)
+            .field("message", &self.to_string())
+            .field("temporary", &self.temporary)
+            .finish()
+    }
+}
+
+impl Error {
+    /// A new error of `kind` described by `context`.
+    pub fn new(kind: ErrorKind, context: impl Into<String>) -> Self {
+        let temporary = matches!(kind, ErrorKind::Unavailable | ErrorKind::Timeout);
+        Self {
+            kind,
+            context: context.into(),
+            temporary,
+            source: None,
+        }
+    }
+
+    /// Attach the underlying error.
+    pub fn with_source(mut self, source: impl Into<Source>) -> Self {
+        self.source = Some(source.into());
+        self
+    }
+
+    /// Override whether retrying may succeed.
+    pub fn set_temporary(mut self, temporary: bool) -> Self {
+        self.temporary = temporary;
+        self
+    }
+
+    /// The classification of this error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// True when the same call may succeed later (store down, timeout).
+    pub fn is_temporary(&self) -> bool {
+        self.temporary
+    }
+
+    pub(crate) fn invalid(context: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidInput, context)
+    }
+
+    pub(crate) fn unavailable(context: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Unavailable, context)
+    }
+
+    pub(crate) fn codec(context: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Codec, context)
+    }
+
+    pub(crate) fn not_found(context: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, context)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_names_context_and_source() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let err = Error::unavailable("publish to stream `inbound` failed").with_source(io);
+        assert_eq!(
+            err.to_string(),
+            "publish to stream `inbound` failed: connection refused"
+        );
+        assert_eq!(err.kind(), ErrorKind::Unavailable);
+        assert!(err.is_temporary());
+        assert!(std::error::Error::source(&err).is_some());
+        assert!(!Error::invalid("bad name").is_temporary());
+    }
+}

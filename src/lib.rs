@@ -1,0 +1,90 @@
+//! # fleetwire
+//!
+//! Shared plumbing for a fleet of microservices: who is alive, how events
+//! move, and how each process boots and shuts down.
+//!
+//! Four contracts, each object-safe (`Arc<dyn Trait>`) and backed by several
+//! stores chosen by Cargo feature or at run time:
+//!
+//! | contract | what it does |
+//! |---|---|
+//! | [`RegistryStore`] | register instances with metadata and a TTL, heartbeat, deregister, list |
+//! | [`LivenessStore`] | touch ids with a TTL, batch "alive?", forget |
+//! | [`EventBus`] | streams with consumer groups, ack, pending, reclaim, trimming; wildcard topics |
+//! | [`HealthServer`] | HTTP liveness / readiness / health / fleet for probes |
+//!
+//! The [`service::Lifecycle`] drives them through boot and graceful shutdown.
+//!
+//! ## Backends
+#![cfg_attr(feature = "memory", doc = "- [`memory`]: in-process, same semantics, manual clock for tests.")]
+#![cfg_attr(feature = "noop", doc = "- [`noop`]: accepts every call, stores nothing.")]
+#![cfg_attr(feature = "redis", doc = "- [`redis`]: Redis via redis-rs; bb8 pool for blocking reads on Tokio.")]
+#![cfg_attr(feature = "http", doc = "- [`http`]: the health server over hyper.")]
+#![cfg_attr(feature = "testkit", doc = "- [`testkit`]: the conformance suites every backend runs.")]
+#![cfg_attr(feature = "mock", doc = "- [`mock`]: mockall mocks of every contract.")]
+//!
+//! ## Quick start
+//!
+//! ```
+//! # #[cfg(feature = "memory")]
+//! # async_io::block_on(async {
+//! use fleetwire::{memory::MemoryBus, EventBus, Envelope, GroupName, StreamName, ConsumerName, ReadOptions, StartFrom};
+//!
+//! let bus = MemoryBus::new();
+//! let stream = StreamName::new("sg:stream:inbound")?;
+//! let group = GroupName::new("sg:workers")?;
+//! bus.ensure_group(&stream, &group, StartFrom::Latest).await?;
+//! bus.publish(&stream, &Envelope::new("hello")).await?;
+//! let got = bus.read(&stream, &group, &ConsumerName::new("w1")?, ReadOptions::count(10)).await?;
+//! assert_eq!(got[0].envelope()?.kind, "hello");
+//! bus.ack(&stream, &group, &[got[0].id]).await?;
+//! # Ok::<(), fleetwire::Error>(())
+//! # }).unwrap();
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+
+mod bus;
+mod capabilities;
+pub mod clock;
+mod envelope;
+mod error;
+pub mod health;
+mod liveness;
+pub mod monitor;
+mod name;
+mod registry;
+pub(crate) mod rt;
+pub mod service;
+
+#[cfg(feature = "http")]
+pub mod http;
+#[cfg(feature = "memory")]
+pub mod memory;
+#[cfg(feature = "noop")]
+pub mod noop;
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use bus::{
+    Backlog, BacklogPolicy, Claimed, Delivery, EventBus, EventBusExt, GroupInfo, MessageId, PendingSummary,
+    ReadOptions, StartFrom, StreamInfo, Subscription, TopicEvent,
+};
+pub use capabilities::Capabilities;
+pub use envelope::{Codec, Envelope, DEFAULT_MAX_ENVELOPE_BYTES};
+pub use error::{Error, ErrorKind, Result};
+pub use health::{Health, HealthServer};
+pub use liveness::LivenessStore;
+pub use name::{ConsumerName, GroupName, InstanceId, ServiceName, StreamName, Topic, TopicPattern, MAX_NAME_LEN};
+pub use registry::{Instance, RegistryStore, Status};
+
+/// mockall mocks of every contract, for users' unit tests.
+#[cfg(feature = "mock")]
+pub mod mock {
+    pub use crate::bus::MockEventBus;
+    pub use crate::health::MockHealthServer;
+    pub use crate::liveness::MockLivenessStore;
+    pub use crate::registry::MockRegistryStore;
+}

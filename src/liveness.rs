@@ -1,0 +1,32 @@
+//! The liveness store: "did this id heartbeat recently?" for many ids at once.
+
+use crate::{error::Result, name::InstanceId};
+use async_trait::async_trait;
+use std::{fmt, time::Duration};
+
+/// Short-lived "heartbeated recently" records, one per id.
+///
+/// It exists so a heartbeat hot path can write a TTL'd key instead of a
+/// database row. The database (or whatever the caller trusts) stays the
+/// authority: when [`available`](Self::available) is false or a call errors,
+/// callers fall back to it.
+///
+/// # Contract
+/// - `touch(id, ttl)` makes `id` alive until `ttl` lapses.
+/// - `is_alive_batch(ids)` answers every id asked, in order, in one round
+///   trip; an error means "unavailable, fall back" — never a partial answer.
+/// - `forget(id)` makes `id` not alive at once; forgetting a missing id is `Ok`.
+/// - A backend that stores nothing reports `available() == false` and
+///   answers `is_alive_batch` with an [`Unavailable`](crate::ErrorKind::Unavailable) error.
+#[cfg_attr(feature = "mock", mockall::automock)]
+#[async_trait]
+pub trait LivenessStore: Send + Sync + fmt::Debug {
+    /// Whether a real backend is wired in.
+    fn available(&self) -> bool;
+    /// Record a fresh heartbeat of `id` for `ttl`.
+    async fn touch(&self, id: &InstanceId, ttl: Duration) -> Result<()>;
+    /// For each id, whether it is alive; same length and order as `ids`.
+    async fn is_alive_batch(&self, ids: &[InstanceId]) -> Result<Vec<bool>>;
+    /// Drop the record of `id`.
+    async fn forget(&self, id: &InstanceId) -> Result<()>;
+}

@@ -1,0 +1,413 @@
+use super::Outage;
+use crate::{
+    bus::{BacklogGuard, BusConfig},
+    clock::{self, SharedClock},
+    error::{Error, Result},
+    name::{ConsumerName, GroupName, StreamName, Topic, TopicPattern},
+    BacklogPolicy, Backlog, Capabilities, Claimed, Codec, Delivery, Envelope, EventBus, GroupInfo, MessageId,
+    PendingSummary, ReadOptions, StartFrom, StreamInfo, Subscription, TopicEvent,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use event_listener::Event;
+use futures_channel::mpsc;
+use parking_lot::Mutex;
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+/// How many topic events a slow subscriber may have queued before new ones are dropped.
+const TOPIC_BUFFER: usize = 1024;
+
+/// In-memory [`EventBus`] with Redis Streams semantics.
+///
+/// Streams are trimmed exactly to their cap, so memory stays bounded.
+/// Blocking reads wait on a notification, not a poll loop.
+#[derive(Debug, Clone)]
+pub struct MemoryBus {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    clock: SharedClock,
+    outage: Outage,
+    config: BusConfig,
+    guard: BacklogGuard,
+    streams: Mutex<HashMap<StreamName, StreamState>>,
+    appended: Event,
+    topics: Mutex<Vec<(TopicPattern, mpsc::Sender<TopicEvent>)>>,
+}
+
+#[derive(Debug, Default)]
+struct StreamState {
+    entries: VecDeque<(MessageId, Bytes)>,
+    last_id: MessageId,
+    groups: BTreeMap<GroupName, GroupState>,
+}
+
+#[derive(Debug)]
+struct GroupState {
+    last_delivered: MessageId,
+    consumers: BTreeSet<ConsumerName>,
+    pel: BTreeMap<MessageId, PendingEntry>,
+}
+
+#[derive(Debug)]
+struct PendingEntry {
+    consumer: ConsumerName,
+    delivered_at_ms: u64,
+    count: u64,
+}
+
+impl StreamState {
+
+    /// Entries after `id`, the group's lag.
+    fn count_after(&self, id: MessageId) -> u64 {
+        (self.entries.len() - self.entries.partition_point(|(e, _)| *e <= id)) as u64
+    }
+
+    fn max_pending(&self) -> u64 {
+        self.groups.values().map(|g| g.pel.len() as u64).max().unwrap_or(0)
+    }
+}
+
+/// Builds a [`MemoryBus`].
+#[derive(Debug, Default)]
+pub struct MemoryBusBuilder {
+    clock: Option<SharedClock>,
+    config: BusConfig,
+}
+
+impl MemoryBusBuilder {
+    /// Read time from `clock` (default: the system clock).
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Cap every stream at `max_len` entries (default 100 000).
+    pub fn max_len(mut self, max_len: u64) -> Self {
+        self.config.max_len = max_len;
+        self
+    }
+
+    /// Cap `stream` at `max_len` entries.
+    pub fn stream_max_len(mut self, stream: StreamName, max_len: u64) -> Self {
+        self.config.stream_max_len.insert(stream, max_len);
+        self
+    }
+
+    /// When to warn about backlogs.
+    pub fn backlog_policy(mut self, policy: BacklogPolicy) -> Self {
+        self.config.backlog = policy;
+        self
+    }
+
+    /// Envelope size limit.
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.config.codec = codec;
+        self
+    }
+
+    /// Build the bus.
+    pub fn build(self) -> MemoryBus {
+        MemoryBus {
+            inner: Arc::new(Inner {
+                clock: self.clock.unwrap_or_else(clock::system),
+                outage: Outage::default(),
+                guard: BacklogGuard::new(self.config.backlog, Duration::ZERO),
+                config: self.config,
+                streams: Default::default(),
+                appended: Event::new(),
+                topics: Default::default(),
+            }),
+        }
+    }
+}
+
+impl Default for MemoryBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryBus {
+    /// A bus with default settings on the system clock.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// Configure a bus.
+    pub fn builder() -> MemoryBusBuilder {
+        MemoryBusBuilder::default()
+    }
+
+    /// Simulate the store going down (`false`) or coming back (`true`).
+    pub fn set_available(&self, available: bool) {
+        self.inner.outage.set_down(!available);
+    }
+
+    fn no_group(stream: &StreamName, group: &GroupName) -> Error {
+        Error::not_found(format!("consumer group `{group}` of stream `{stream}` does not exist"))
+    }
+
+    fn append(&self, stream: &StreamName, bodies: Vec<Bytes>) -> Vec<MessageId> {
+        let inner = &*self.inner;
+        let now = inner.clock.now_ms();
+        let max_len = inner.config.max_len_of(stream);
+        let mut ids = Vec::with_capacity(bodies.len());
+        let (length, pending) = {
+            let mut streams = inner.streams.lock();
+            let st = match streams.get_mut(stream) {
+                Some(st) => st,
+                None => streams.entry(stream.clone()).or_default(),
+            };
+            for body in bodies {
+                let id = if now > st.last_id.ms { MessageId { ms: now, seq: 0 } } else { st.last_id.next() };
+                st.last_id = id;
+                st.entries.push_back((id, body));
+                ids.push(id);
+            }
+            let excess = st.entries.len().saturating_sub(max_len as usize);
+            st.entries.drain(..excess);
+            (st.entries.len() as u64, st.max_pending())
+        };
+        inner.appended.notify(usize::MAX);
+        inner.guard.observe(stream, now, length, pending, max_len);
+        ids
+    }
+
+    fn try_read(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: &ConsumerName,
+        count: usize,
+    ) -> Result<Vec<Delivery>> {
+        let now = self.inner.clock.now_ms();
+        let mut streams = self.inner.streams.lock();
+        let st = streams.get_mut(stream).ok_or_else(|| Self::no_group(stream, group))?;
+        let StreamState { entries, groups, .. } = st;
+        let g = groups.get_mut(group).ok_or_else(|| Self::no_group(stream, group))?;
+        if !g.consumers.contains(consumer) {
+            g.consumers.insert(consumer.clone());
+        }
+        let start = entries.partition_point(|(id, _)| *id <= g.last_delivered);
+        let mut out = Vec::with_capacity(count.min(entries.len() - start));
+        for (id, body) in entries.range(start..).take(count.max(1)) {
+            g.last_delivered = *id;
+            g.pel.insert(*id, PendingEntry { consumer: consumer.clone(), delivered_at_ms: now, count: 1 });
+            out.push(Delivery::new(*id, 1, body.clone()));
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl EventBus for MemoryBus {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::MEMORY
+    }
+
+    fn max_len(&self, stream: &StreamName) -> u64 {
+        self.inner.config.max_len_of(stream)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.inner.outage.check(|| "ping bus".into())
+    }
+
+    async fn ensure_group(&self, stream: &StreamName, group: &GroupName, start: StartFrom) -> Result<bool> {
+        self.inner.outage.check(|| format!("create group `{group}` on stream `{stream}`"))?;
+        let mut streams = self.inner.streams.lock();
+        let st = streams.entry(stream.clone()).or_default();
+        if st.groups.contains_key(group) {
+            return Ok(false);
+        }
+        let last_delivered = match start {
+            StartFrom::Latest => st.last_id,
+            StartFrom::Beginning => MessageId::ZERO,
+        };
+        st.groups.insert(
+            group.clone(),
+            GroupState { last_delivered, consumers: BTreeSet::new(), pel: BTreeMap::new() },
+        );
+        Ok(true)
+    }
+
+    async fn publish(&self, stream: &StreamName, envelope: &Envelope) -> Result<MessageId> {
+        self.inner.outage.check(|| format!("publish to stream `{stream}`"))?;
+        let body = self.inner.config.codec.encode(envelope)?;
+        Ok(self.append(stream, vec![body])[0])
+    }
+
+    async fn publish_batch(&self, stream: &StreamName, envelopes: &[Envelope]) -> Result<Vec<MessageId>> {
+        self.inner.outage.check(|| format!("publish batch to stream `{stream}`"))?;
+        let codec = self.inner.config.codec;
+        // Encode everything first: one bad envelope publishes nothing.
+        let bodies = envelopes.iter().map(|e| codec.encode(e)).collect::<Result<Vec<_>>>()?;
+        if bodies.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.append(stream, bodies))
+    }
+
+    async fn read(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: &ConsumerName,
+        options: ReadOptions,
+    ) -> Result<Vec<Delivery>> {
+        let deadline = options.block.map(|b| Instant::now() + b);
+        loop {
+            self.inner.outage.check(|| format!("read group `{group}` of stream `{stream}`"))?;
+            // Listen before looking, so an append between the look and the wait is not missed.
+            let listener = deadline.map(|_| self.inner.appended.listen());
+            let got = self.try_read(stream, group, consumer, options.count)?;
+            let (Some(deadline), Some(listener), true) = (deadline, listener, got.is_empty()) else {
+                return Ok(got);
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || crate::rt::timeout(left, listener).await.is_err() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    async fn ack(&self, stream: &StreamName, group: &GroupName, ids: &[MessageId]) -> Result<u64> {
+        self.inner.outage.check(|| format!("ack on group `{group}` of stream `{stream}`"))?;
+        let mut streams = self.inner.streams.lock();
+        let Some(g) = streams.get_mut(stream).and_then(|st| st.groups.get_mut(group)) else {
+            return Ok(0);
+        };
+        Ok(ids.iter().filter(|id| g.pel.remove(id).is_some()).count() as u64)
+    }
+
+    async fn claim(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: &ConsumerName,
+        min_idle: Duration,
+        count: usize,
+    ) -> Result<Claimed> {
+        self.inner.outage.check(|| format!("claim on group `{group}` of stream `{stream}`"))?;
+        let now = self.inner.clock.now_ms();
+        let min_idle = min_idle.as_millis() as u64;
+        let mut streams = self.inner.streams.lock();
+        let st = streams.get_mut(stream).ok_or_else(|| Self::no_group(stream, group))?;
+        let StreamState { entries, groups, .. } = st;
+        let g = groups.get_mut(group).ok_or_else(|| Self::no_group(stream, group))?;
+        g.consumers.insert(consumer.clone());
+        let idle: Vec<MessageId> = g
+            .pel
+            .iter()
+            .filter(|(_, p)| now.saturating_sub(p.delivered_at_ms) >= min_idle)
+            .map(|(id, _)| *id)
+            .take(count.max(1))
+            .collect();
+        let mut claimed = Claimed::default();
+        for id in idle {
+            let i = entries.partition_point(|(e, _)| *e < id);
+            match entries.get(i).filter(|(e, _)| *e == id).map(|(_, b)| b) {
+                None => {
+                    g.pel.remove(&id);
+                    claimed.deleted.push(id);
+                }
+                Some(body) => {
+                    let Some(p) = g.pel.get_mut(&id) else { continue };
+                    p.consumer = consumer.clone();
+                    p.delivered_at_ms = now;
+                    p.count += 1;
+                    claimed.deliveries.push(Delivery::new(id, p.count, body.clone()));
+                }
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn pending(&self, stream: &StreamName, group: &GroupName) -> Result<PendingSummary> {
+        self.inner.outage.check(|| format!("pending of group `{group}` on stream `{stream}`"))?;
+        let streams = self.inner.streams.lock();
+        let g = streams
+            .get(stream)
+            .and_then(|st| st.groups.get(group))
+            .ok_or_else(|| Self::no_group(stream, group))?;
+        let mut consumers = BTreeMap::new();
+        for p in g.pel.values() {
+            *consumers.entry(p.consumer.to_string()).or_insert(0) += 1;
+        }
+        Ok(PendingSummary {
+            count: g.pel.len() as u64,
+            lowest: g.pel.keys().next().copied(),
+            highest: g.pel.keys().next_back().copied(),
+            consumers,
+        })
+    }
+
+    async fn stream_info(&self, stream: &StreamName) -> Result<StreamInfo> {
+        self.inner.outage.check(|| format!("info of stream `{stream}`"))?;
+        let streams = self.inner.streams.lock();
+        let st = streams.get(stream).ok_or_else(|| Error::not_found(format!("stream `{stream}` does not exist")))?;
+        Ok(StreamInfo {
+            length: st.entries.len() as u64,
+            first_id: st.entries.front().map(|(id, _)| *id),
+            last_id: st.entries.back().map(|(id, _)| *id),
+            groups: st
+                .groups
+                .iter()
+                .map(|(name, g)| GroupInfo {
+                    name: name.to_string(),
+                    consumers: g.consumers.len() as u64,
+                    pending: g.pel.len() as u64,
+                    last_delivered: g.last_delivered,
+                    lag: Some(st.count_after(g.last_delivered)),
+                })
+                .collect(),
+        })
+    }
+
+    async fn backlog(&self, stream: &StreamName, group: &GroupName) -> Result<Backlog> {
+        self.inner.outage.check(|| format!("backlog of group `{group}` on stream `{stream}`"))?;
+        let streams = self.inner.streams.lock();
+        let st = streams.get(stream).ok_or_else(|| Self::no_group(stream, group))?;
+        let g = st.groups.get(group).ok_or_else(|| Self::no_group(stream, group))?;
+        Ok(Backlog {
+            length: st.entries.len() as u64,
+            pending: g.pel.len() as u64,
+            lag: Some(st.count_after(g.last_delivered)),
+            max_len: self.inner.config.max_len_of(stream),
+        })
+    }
+
+    async fn publish_topic(&self, topic: &Topic, envelope: &Envelope) -> Result<()> {
+        self.inner.outage.check(|| format!("publish to topic `{topic}`"))?;
+        self.inner.config.codec.encode(envelope)?;
+        let mut subs = self.inner.topics.lock();
+        subs.retain_mut(|(pattern, tx)| {
+            if !pattern.matches(topic) {
+                return !tx.is_closed();
+            }
+            match tx.try_send(TopicEvent { topic: topic.clone(), envelope: envelope.clone() }) {
+                Ok(()) => true,
+                Err(e) if e.is_full() => {
+                    tracing::debug!(event = "topic_event_dropped", topic = %topic, pattern = %pattern, "subscriber too slow");
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+        Ok(())
+    }
+
+    async fn subscribe(&self, pattern: &TopicPattern) -> Result<Subscription> {
+        self.inner.outage.check(|| format!("subscribe to `{pattern}`"))?;
+        let (tx, rx) = mpsc::channel(TOPIC_BUFFER);
+        self.inner.topics.lock().push((pattern.clone(), tx));
+        Ok(Subscription::new(rx))
+    }
+}

@@ -1,0 +1,4 @@
+//! Fleet monitor.
+/// Placeholder.
+#[derive(Debug)]
+pub struct FleetMonitor;

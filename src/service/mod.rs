@@ -1,0 +1,1 @@
+//! Service lifecycle (filled in below).

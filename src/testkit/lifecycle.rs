@@ -1,0 +1,1 @@
+//! Lifecycle conformance (see service).
