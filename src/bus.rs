@@ -36,7 +36,10 @@ impl MessageId {
     pub fn next(self) -> Self {
         match self.seq.checked_add(1) {
             Some(seq) => Self { ms: self.ms, seq },
-            None => Self { ms: self.ms.saturating_add(1), seq: 0 },
+            None => Self {
+                ms: self.ms.saturating_add(1),
+                seq: 0,
+            },
         }
     }
 }
@@ -52,7 +55,10 @@ impl FromStr for MessageId {
     fn from_str(s: &str) -> Result<Self> {
         let bad = || Error::invalid(format!("invalid message id `{}`", s.escape_debug()));
         let (ms, seq) = s.split_once('-').ok_or_else(bad)?;
-        Ok(Self { ms: ms.parse().map_err(|_| bad())?, seq: seq.parse().map_err(|_| bad())? })
+        Ok(Self {
+            ms: ms.parse().map_err(|_| bad())?,
+            seq: seq.parse().map_err(|_| bad())?,
+        })
     }
 }
 
@@ -81,7 +87,11 @@ pub struct Delivery {
 impl Delivery {
     /// A delivery of `body`.
     pub fn new(id: MessageId, delivery_count: u64, body: Bytes) -> Self {
-        Self { id, delivery_count, body }
+        Self {
+            id,
+            delivery_count,
+            body,
+        }
     }
 
     /// Decode the envelope.
@@ -114,7 +124,10 @@ pub struct ReadOptions {
 
 impl Default for ReadOptions {
     fn default() -> Self {
-        Self { count: 16, block: None }
+        Self {
+            count: 16,
+            block: None,
+        }
     }
 }
 
@@ -210,33 +223,37 @@ pub struct BacklogPolicy {
     pub max_pending: u64,
     /// Warn at most once per stream per this interval (default 30 s).
     pub warn_every: Duration,
+    /// On a remote store, piggyback the figures on one publish per stream per
+    /// this interval, so the guard costs no extra round trip (default 1 s).
+    pub sample_every: Duration,
 }
 
 impl Default for BacklogPolicy {
     fn default() -> Self {
-        Self { fill_ratio: 0.8, max_pending: 1000, warn_every: Duration::from_secs(30) }
+        Self {
+            fill_ratio: 0.8,
+            max_pending: 1000,
+            warn_every: Duration::from_secs(30),
+            sample_every: Duration::from_secs(1),
+        }
     }
 }
 
 impl BacklogPolicy {
     /// Whether a stream of `length` entries with `pending` unacked is at risk.
     pub fn at_risk(&self, length: u64, pending: u64, max_len: u64) -> bool {
+        // Same rule as the reference design: near the cap, or many unacked.
         length as f64 > max_len as f64 * self.fill_ratio || pending > self.max_pending
     }
 }
 
-/// Settings every bus backend shares.
+/// Settings every bus backend shares (set through the backends' builders).
 #[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct BusConfig {
-    /// Length cap of every stream unless overridden (default 100 000).
-    pub max_len: u64,
-    /// Per-stream caps.
-    pub stream_max_len: std::collections::HashMap<StreamName, u64>,
-    /// When to warn about a backlog.
-    pub backlog: BacklogPolicy,
-    /// Envelope size limit.
-    pub codec: Codec,
+pub(crate) struct BusConfig {
+    pub(crate) max_len: u64,
+    pub(crate) stream_max_len: std::collections::HashMap<StreamName, u64>,
+    pub(crate) backlog: BacklogPolicy,
+    pub(crate) codec: Codec,
 }
 
 impl Default for BusConfig {
@@ -252,8 +269,12 @@ impl Default for BusConfig {
 
 impl BusConfig {
     /// The cap of `stream`.
-    pub fn max_len_of(&self, stream: &StreamName) -> u64 {
-        self.stream_max_len.get(stream).copied().unwrap_or(self.max_len).max(1)
+    pub(crate) fn max_len_of(&self, stream: &StreamName) -> u64 {
+        self.stream_max_len
+            .get(stream)
+            .copied()
+            .unwrap_or(self.max_len)
+            .max(1)
     }
 }
 
@@ -272,38 +293,49 @@ struct GuardState {
 }
 
 impl BacklogGuard {
-    pub(crate) fn new(policy: BacklogPolicy, sample_every: Duration) -> Self {
-        Self { policy, sample_every_ms: sample_every.as_millis() as u64, streams: Default::default() }
+    pub(crate) fn new(policy: BacklogPolicy) -> Self {
+        Self {
+            policy,
+            sample_every_ms: policy.sample_every.as_millis() as u64,
+            streams: Default::default(),
+        }
     }
 
     /// Whether this publish should carry a backlog sample; marks it taken.
     pub(crate) fn sample_due(&self, stream: &StreamName, now_ms: u64) -> bool {
         let mut streams = self.streams.lock();
         if let Some(st) = streams.get_mut(stream) {
-            let due = st.last_sample_ms.is_none_or(|t| now_ms.saturating_sub(t) >= self.sample_every_ms);
+            let due = st
+                .last_sample_ms
+                .is_none_or(|t| now_ms.saturating_sub(t) >= self.sample_every_ms);
             if due {
                 st.last_sample_ms = Some(now_ms);
             }
             return due;
         }
-        streams.insert(stream.clone(), GuardState { last_sample_ms: Some(now_ms), last_warn_ms: None });
+        streams.insert(
+            stream.clone(),
+            GuardState {
+                last_sample_ms: Some(now_ms),
+                last_warn_ms: None,
+            },
+        );
         true
-    }
-
-    pub(crate) fn at_risk(&self, length: u64, pending: u64, max_len: u64) -> bool {
-        self.policy.at_risk(length, pending, max_len)
     }
 
     /// Log `stream_backlog_high` if at risk and not warned within the interval.
     pub(crate) fn observe(&self, stream: &StreamName, now_ms: u64, length: u64, pending: u64, max_len: u64) {
-        if !self.at_risk(length, pending, max_len) {
+        if !self.policy.at_risk(length, pending, max_len) {
             return;
         }
         let warn_every = self.policy.warn_every.as_millis() as u64;
         {
             let mut streams = self.streams.lock();
             let st = streams.entry(stream.clone()).or_default();
-            if st.last_warn_ms.is_some_and(|t| now_ms.saturating_sub(t) < warn_every) {
+            if st
+                .last_warn_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) < warn_every)
+            {
                 return;
             }
             st.last_warn_ms = Some(now_ms);
@@ -337,7 +369,9 @@ pub struct Subscription {
 impl Subscription {
     /// Wrap a stream of events.
     pub fn new(inner: impl Stream<Item = TopicEvent> + Send + 'static) -> Self {
-        Self { inner: Box::pin(inner) }
+        Self {
+            inner: Box::pin(inner),
+        }
     }
 }
 
@@ -434,7 +468,12 @@ pub trait EventBusExt: EventBus {
     }
 
     /// Acknowledge the given deliveries.
-    async fn ack_deliveries(&self, stream: &StreamName, group: &GroupName, deliveries: &[Delivery]) -> Result<u64> {
+    async fn ack_deliveries(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        deliveries: &[Delivery],
+    ) -> Result<u64> {
         let ids: Vec<MessageId> = deliveries.iter().map(|d| d.id).collect();
         self.ack(stream, group, &ids).await
     }
@@ -449,11 +488,20 @@ mod tests {
     #[test]
     fn message_ids() {
         let id: MessageId = "1700000000000-3".parse().unwrap();
-        assert_eq!(id, MessageId { ms: 1_700_000_000_000, seq: 3 });
+        assert_eq!(
+            id,
+            MessageId {
+                ms: 1_700_000_000_000,
+                seq: 3
+            }
+        );
         assert_eq!(id.to_string(), "1700000000000-3");
         assert!("1-".parse::<MessageId>().is_err());
         assert!("x-1".parse::<MessageId>().is_err());
         assert!(MessageId { ms: 1, seq: 0 } > MessageId { ms: 0, seq: 9 });
-        assert_eq!(MessageId { ms: 1, seq: u64::MAX }.next(), MessageId { ms: 2, seq: 0 });
+        assert_eq!(
+            MessageId { ms: 1, seq: u64::MAX }.next(),
+            MessageId { ms: 2, seq: 0 }
+        );
     }
 }

@@ -15,11 +15,23 @@ pub struct Capabilities {
 
 impl Capabilities {
     /// A backend that keeps data in this process and trims exactly.
-    pub const MEMORY: Self = Self { stores_data: true, shared_across_processes: false, trim_slack: 0 };
+    pub const MEMORY: Self = Self {
+        stores_data: true,
+        shared_across_processes: false,
+        trim_slack: 0,
+    };
     /// A backend that keeps nothing.
-    pub const NOOP: Self = Self { stores_data: false, shared_across_processes: false, trim_slack: 0 };
+    pub const NOOP: Self = Self {
+        stores_data: false,
+        shared_across_processes: false,
+        trim_slack: 0,
+    };
     /// A shared store with approximate trimming in nodes of `trim_slack` entries.
     pub const fn shared(trim_slack: u64) -> Self {
-        Self { stores_data: true, shared_across_processes: true, trim_slack }
+        Self {
+            stores_data: true,
+            shared_across_processes: true,
+            trim_slack,
+        }
     }
 }

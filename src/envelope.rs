@@ -160,15 +160,26 @@ mod tests {
     #[test]
     fn round_trip_and_limits() {
         let codec = Codec::new(256);
-        let env = Envelope::new("k").with_header("a", "b").with_raw_payload(vec![7; 10]);
+        let env = Envelope::new("k")
+            .with_header("a", "b")
+            .with_raw_payload(vec![7; 10]);
         let bytes = codec.encode(&env).unwrap();
         assert_eq!(codec.decode(&bytes).unwrap(), env);
 
         let big = Envelope::new("k").with_raw_payload(vec![0; 300]);
-        assert_eq!(codec.encode(&big).unwrap_err().kind(), crate::ErrorKind::InvalidInput);
+        assert_eq!(
+            codec.encode(&big).unwrap_err().kind(),
+            crate::ErrorKind::InvalidInput
+        );
         let near = Envelope::new("k").with_raw_payload(vec![0; 250]);
-        assert_eq!(codec.encode(&near).unwrap_err().kind(), crate::ErrorKind::InvalidInput);
-        assert_eq!(codec.decode(&[0u8; 300]).unwrap_err().kind(), crate::ErrorKind::InvalidInput);
+        assert_eq!(
+            codec.encode(&near).unwrap_err().kind(),
+            crate::ErrorKind::InvalidInput
+        );
+        assert_eq!(
+            codec.decode(&[0u8; 300]).unwrap_err().kind(),
+            crate::ErrorKind::InvalidInput
+        );
         assert_eq!(codec.decode(&[0xc1]).unwrap_err().kind(), crate::ErrorKind::Codec);
         assert_eq!(codec.decode(&[]).unwrap_err().kind(), crate::ErrorKind::Codec);
     }

@@ -27,7 +27,9 @@ pub struct HealthCheck {
 
 impl fmt::Debug for HealthCheck {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HealthCheck").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("HealthCheck")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -44,7 +46,10 @@ impl HealthCheck {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = Result<()>> + Send + 'static,
     {
-        Self { name: name.into(), check: Arc::new(move || Box::pin(check())) }
+        Self {
+            name: name.into(),
+            check: Arc::new(move || Box::pin(check())),
+        }
     }
 
     /// The component name.
@@ -177,8 +182,16 @@ impl Health {
         let components: BTreeMap<_, _> = results.into_iter().collect();
         let ready = self.is_serving();
         let all_ok = components.values().all(|c| c.status == ComponentStatus::Ok);
-        let status = if ready && all_ok { ComponentStatus::Ok } else { ComponentStatus::Down };
-        HealthReport { status, ready, components }
+        let status = if ready && all_ok {
+            ComponentStatus::Ok
+        } else {
+            ComponentStatus::Down
+        };
+        HealthReport {
+            status,
+            ready,
+            components,
+        }
     }
 }
 

@@ -16,11 +16,20 @@
 //! The [`service::Lifecycle`] drives them through boot and graceful shutdown.
 //!
 //! ## Backends
-#![cfg_attr(feature = "memory", doc = "- [`memory`]: in-process, same semantics, manual clock for tests.")]
+#![cfg_attr(
+    feature = "memory",
+    doc = "- [`memory`]: in-process, same semantics, manual clock for tests."
+)]
 #![cfg_attr(feature = "noop", doc = "- [`noop`]: accepts every call, stores nothing.")]
-#![cfg_attr(feature = "redis", doc = "- [`redis`]: Redis via redis-rs; bb8 pool for blocking reads on Tokio.")]
+#![cfg_attr(
+    feature = "redis",
+    doc = "- [`redis`]: Redis via redis-rs; bb8 pool for blocking reads on Tokio."
+)]
 #![cfg_attr(feature = "http", doc = "- [`http`]: the health server over hyper.")]
-#![cfg_attr(feature = "testkit", doc = "- [`testkit`]: the conformance suites every backend runs.")]
+#![cfg_attr(
+    feature = "testkit",
+    doc = "- [`testkit`]: the conformance suites every backend runs."
+)]
 #![cfg_attr(feature = "mock", doc = "- [`mock`]: mockall mocks of every contract.")]
 //!
 //! ## Quick start
@@ -77,7 +86,9 @@ pub use envelope::{Codec, Envelope, DEFAULT_MAX_ENVELOPE_BYTES};
 pub use error::{Error, ErrorKind, Result};
 pub use health::{Health, HealthServer};
 pub use liveness::LivenessStore;
-pub use name::{ConsumerName, GroupName, InstanceId, ServiceName, StreamName, Topic, TopicPattern, MAX_NAME_LEN};
+pub use name::{
+    ConsumerName, GroupName, InstanceId, ServiceName, StreamName, Topic, TopicPattern, MAX_NAME_LEN,
+};
 pub use registry::{Instance, RegistryStore, Status};
 
 /// mockall mocks of every contract, for users' unit tests.

@@ -11,7 +11,12 @@ use std::{fmt, str::FromStr, sync::Arc};
 pub const MAX_NAME_LEN: usize = 200;
 
 fn check_key_name(what: &str, s: &str, allow_colon: bool) -> Result<()> {
-    let bad = |why: &str| Err(Error::invalid(format!("invalid {what} `{}`: {why}", s.escape_debug())));
+    let bad = |why: &str| {
+        Err(Error::invalid(format!(
+            "invalid {what} `{}`: {why}",
+            s.escape_debug()
+        )))
+    };
     if s.is_empty() {
         return bad("must not be empty");
     }
@@ -33,17 +38,24 @@ fn check_key_name(what: &str, s: &str, allow_colon: bool) -> Result<()> {
 }
 
 fn is_topic_token(t: &str) -> bool {
-    !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !t.is_empty()
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn check_topic(what: &str, s: &str, allow_wildcard: bool) -> Result<()> {
     let ok = !s.is_empty()
         && s.len() <= MAX_NAME_LEN
-        && s.split('.').all(|t| is_topic_token(t) || (allow_wildcard && t == "*"));
+        && s.split('.')
+            .all(|t| is_topic_token(t) || (allow_wildcard && t == "*"));
     if ok {
         Ok(())
     } else {
-        let tokens = if allow_wildcard { "letters, digits, `_`, `-` or a lone `*`" } else { "letters, digits, `_` or `-`" };
+        let tokens = if allow_wildcard {
+            "letters, digits, `_`, `-` or a lone `*`"
+        } else {
+            "letters, digits, `_` or `-`"
+        };
         Err(Error::invalid(format!(
             "invalid {what} `{}`: expected dot-separated tokens of {tokens}, at most 200 bytes",
             s.escape_debug()
@@ -187,7 +199,17 @@ mod tests {
 
     #[test]
     fn rejects_what_would_break_a_key() {
-        for bad in ["", "a:b", "a*", "a?", "a[b]", "a b", "a\nb", "a\\b", &"x".repeat(201)] {
+        for bad in [
+            "",
+            "a:b",
+            "a*",
+            "a?",
+            "a[b]",
+            "a b",
+            "a\nb",
+            "a\\b",
+            &"x".repeat(201),
+        ] {
             let err = ServiceName::new(bad).unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::InvalidInput, "{bad:?}");
         }

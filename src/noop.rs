@@ -7,8 +7,9 @@
 use crate::{
     error::{Error, Result},
     name::{ConsumerName, GroupName, InstanceId, ServiceName, StreamName, Topic, TopicPattern},
-    Backlog, Capabilities, Claimed, Delivery, Envelope, EventBus, Health, HealthServer, Instance, LivenessStore,
-    MessageId, PendingSummary, ReadOptions, RegistryStore, StartFrom, StreamInfo, Subscription,
+    Backlog, Capabilities, Claimed, Delivery, Envelope, EventBus, Health, HealthServer, Instance,
+    LivenessStore, MessageId, PendingSummary, ReadOptions, RegistryStore, StartFrom, StreamInfo,
+    Subscription,
 };
 use async_trait::async_trait;
 use std::{net::SocketAddr, time::Duration};
@@ -52,8 +53,11 @@ impl LivenessStore for NoopLiveness {
         Ok(())
     }
     async fn is_alive_batch(&self, ids: &[InstanceId]) -> Result<Vec<bool>> {
-        Err(Error::unavailable(format!("liveness check of {} ids: no liveness store is configured", ids.len()))
-            .set_temporary(false))
+        Err(Error::unavailable(format!(
+            "liveness check of {} ids: no liveness store is configured",
+            ids.len()
+        ))
+        .set_temporary(false))
     }
     async fn forget(&self, _: &InstanceId) -> Result<()> {
         Ok(())
@@ -84,23 +88,46 @@ impl EventBus for NoopBus {
     async fn publish_batch(&self, _: &StreamName, envelopes: &[Envelope]) -> Result<Vec<MessageId>> {
         Ok(vec![MessageId::ZERO; envelopes.len()])
     }
-    async fn read(&self, _: &StreamName, _: &GroupName, _: &ConsumerName, _: ReadOptions) -> Result<Vec<Delivery>> {
+    async fn read(
+        &self,
+        _: &StreamName,
+        _: &GroupName,
+        _: &ConsumerName,
+        _: ReadOptions,
+    ) -> Result<Vec<Delivery>> {
         Ok(Vec::new())
     }
     async fn ack(&self, _: &StreamName, _: &GroupName, _: &[MessageId]) -> Result<u64> {
         Ok(0)
     }
-    async fn claim(&self, _: &StreamName, _: &GroupName, _: &ConsumerName, _: Duration, _: usize) -> Result<Claimed> {
+    async fn claim(
+        &self,
+        _: &StreamName,
+        _: &GroupName,
+        _: &ConsumerName,
+        _: Duration,
+        _: usize,
+    ) -> Result<Claimed> {
         Ok(Claimed::default())
     }
     async fn pending(&self, _: &StreamName, _: &GroupName) -> Result<PendingSummary> {
         Ok(PendingSummary::default())
     }
     async fn stream_info(&self, _: &StreamName) -> Result<StreamInfo> {
-        Ok(StreamInfo { length: 0, first_id: None, last_id: None, groups: Vec::new() })
+        Ok(StreamInfo {
+            length: 0,
+            first_id: None,
+            last_id: None,
+            groups: Vec::new(),
+        })
     }
     async fn backlog(&self, _: &StreamName, _: &GroupName) -> Result<Backlog> {
-        Ok(Backlog { length: 0, pending: 0, lag: Some(0), max_len: 0 })
+        Ok(Backlog {
+            length: 0,
+            pending: 0,
+            lag: Some(0),
+            max_len: 0,
+        })
     }
     async fn publish_topic(&self, _: &Topic, _: &Envelope) -> Result<()> {
         Ok(())

@@ -63,7 +63,15 @@ struct Record {
 impl Instance {
     /// An instance with `status`, no host, pid or metadata.
     pub fn new(service: ServiceName, id: InstanceId, status: Status) -> Self {
-        Self { service, id, status, host: None, pid: None, started_at_ms: None, metadata: BTreeMap::new() }
+        Self {
+            service,
+            id,
+            status,
+            host: None,
+            pid: None,
+            started_at_ms: None,
+            metadata: BTreeMap::new(),
+        }
     }
 
     /// Set one metadata field.
@@ -158,11 +166,19 @@ mod tests {
         let i = InstanceId::new("gw-1").unwrap();
         let inst = Instance::from_json(s.clone(), i.clone(), br#"{"status":"running"}"#).unwrap();
         assert_eq!(inst.status, Status::Running);
-        let odd = Instance::from_json(s.clone(), i.clone(), br#"{"status":"draining","pid":7,"zone":"a"}"#).unwrap();
+        let odd = Instance::from_json(
+            s.clone(),
+            i.clone(),
+            br#"{"status":"draining","pid":7,"zone":"a"}"#,
+        )
+        .unwrap();
         assert_eq!(odd.status, Status::Other("draining".into()));
         assert_eq!(odd.pid, Some(7));
         assert_eq!(odd.metadata["zone"], "a");
-        assert_eq!(Instance::new(s.clone(), i.clone(), Status::Starting).to_json(), r#"{"status":"starting"}"#);
+        assert_eq!(
+            Instance::new(s.clone(), i.clone(), Status::Starting).to_json(),
+            r#"{"status":"starting"}"#
+        );
         assert!(Instance::from_json(s, i, b"nope").is_err());
     }
 }

@@ -47,7 +47,13 @@ impl EventBus for Broken<MemoryBus> {
     async fn publish_batch(&self, s: &StreamName, e: &[Envelope]) -> Result<Vec<MessageId>> {
         self.inner.publish_batch(s, e).await
     }
-    async fn read(&self, s: &StreamName, g: &GroupName, c: &ConsumerName, o: ReadOptions) -> Result<Vec<Delivery>> {
+    async fn read(
+        &self,
+        s: &StreamName,
+        g: &GroupName,
+        c: &ConsumerName,
+        o: ReadOptions,
+    ) -> Result<Vec<Delivery>> {
         self.inner.read(s, g, c, o).await
     }
     async fn ack(&self, s: &StreamName, g: &GroupName, ids: &[MessageId]) -> Result<u64> {
@@ -56,8 +62,19 @@ impl EventBus for Broken<MemoryBus> {
         }
         self.inner.ack(s, g, ids).await
     }
-    async fn claim(&self, s: &StreamName, g: &GroupName, c: &ConsumerName, idle: Duration, n: usize) -> Result<Claimed> {
-        let idle = if self.sabotage == Sabotage::ClaimIgnoresIdleTime { Duration::ZERO } else { idle };
+    async fn claim(
+        &self,
+        s: &StreamName,
+        g: &GroupName,
+        c: &ConsumerName,
+        idle: Duration,
+        n: usize,
+    ) -> Result<Claimed> {
+        let idle = if self.sabotage == Sabotage::ClaimIgnoresIdleTime {
+            Duration::ZERO
+        } else {
+            idle
+        };
         self.inner.claim(s, g, c, idle, n).await
     }
     async fn pending(&self, s: &StreamName, g: &GroupName) -> Result<PendingSummary> {
@@ -133,12 +150,24 @@ fn clock() -> ManualClock {
 }
 
 fn bus(c: &ManualClock, sabotage: Sabotage) -> Broken<MemoryBus> {
-    Broken { inner: MemoryBus::builder().clock(Arc::new(c.clone())).max_len(200).build(), sabotage }
+    Broken {
+        inner: MemoryBus::builder()
+            .clock(Arc::new(c.clone()))
+            .max_len(200)
+            .build(),
+        sabotage,
+    }
 }
 
 fn registry(c: &ManualClock, sabotage: Sabotage) -> Broken<(MemoryRegistry, MemoryRegistry)> {
     let shared = Arc::new(c.clone());
-    Broken { inner: (MemoryRegistry::with_clock(shared.clone()), MemoryRegistry::with_clock(shared)), sabotage }
+    Broken {
+        inner: (
+            MemoryRegistry::with_clock(shared.clone()),
+            MemoryRegistry::with_clock(shared),
+        ),
+        sabotage,
+    }
 }
 
 #[tokio::test]
@@ -147,7 +176,10 @@ async fn suite_catches_an_ack_that_does_nothing() {
     let report = testkit::bus::run(&bus(&c, Sabotage::AckDoesNothing), &c).await;
     assert!(report.failed("ack_removes_from_pending"), "{report}");
     assert!(report.failed("reclaim_after_idle_time"), "{report}");
-    assert!(!report.failed("two_groups_each_see_every_entry"), "unrelated cases still pass:\n{report}");
+    assert!(
+        !report.failed("two_groups_each_see_every_entry"),
+        "unrelated cases still pass:\n{report}"
+    );
 }
 
 #[tokio::test]
@@ -163,7 +195,10 @@ async fn suite_catches_a_heartbeat_that_never_refreshes() {
     let report = testkit::registry::run(&registry(&c, Sabotage::HeartbeatNeverRefreshes), &c).await;
     assert!(report.failed("heartbeat_keeps_alive_past_ttl"), "{report}");
     assert!(report.failed("heartbeat_missing_returns_false"), "{report}");
-    assert!(!report.failed("metadata_round_trips"), "unrelated cases still pass:\n{report}");
+    assert!(
+        !report.failed("metadata_round_trips"),
+        "unrelated cases still pass:\n{report}"
+    );
 }
 
 #[tokio::test]
@@ -176,7 +211,10 @@ async fn suite_catches_a_list_that_shows_expired_entries() {
 #[tokio::test]
 async fn suite_catches_a_batch_that_skips_ids() {
     let c = clock();
-    let store = Broken { inner: MemoryLiveness::with_clock(Arc::new(c.clone())), sabotage: Sabotage::BatchDropsUnknownIds };
+    let store = Broken {
+        inner: MemoryLiveness::with_clock(Arc::new(c.clone())),
+        sabotage: Sabotage::BatchDropsUnknownIds,
+    };
     let report = testkit::liveness::run(&store, &c).await;
     assert!(report.failed("batch_answers_every_id_in_order"), "{report}");
     assert!(report.failed("large_batch"), "{report}");

@@ -24,7 +24,10 @@ async fn all_suites() {
     report.assert_all_passed();
 
     let c = clock();
-    let bus = MemoryBus::builder().clock(Arc::new(c.clone())).max_len(200).build();
+    let bus = MemoryBus::builder()
+        .clock(Arc::new(c.clone()))
+        .max_len(200)
+        .build();
     let report = testkit::bus::run(&bus, &c).await;
     println!("bus:\n{report}");
     report.assert_all_passed();
@@ -60,7 +63,12 @@ fn conformance_without_a_runtime() {
 #[tokio::test]
 async fn boxed_dyn_path_works() {
     let c = clock();
-    let bus: Arc<dyn EventBus> = Arc::new(MemoryBus::builder().clock(Arc::new(c.clone())).max_len(200).build());
+    let bus: Arc<dyn EventBus> = Arc::new(
+        MemoryBus::builder()
+            .clock(Arc::new(c.clone()))
+            .max_len(200)
+            .build(),
+    );
     testkit::bus::run(bus.as_ref(), &c).await.assert_all_passed();
 }
 
@@ -106,11 +114,21 @@ async fn concurrent_publishers_and_consumers_lose_nothing() {
                 let me = ConsumerName::new(format!("c{c}")).unwrap();
                 let mut seen = Vec::new();
                 loop {
-                    let got = bus.read(&s, &g, &me, ReadOptions::count(50).block(Duration::from_millis(300))).await.unwrap();
+                    let got = bus
+                        .read(
+                            &s,
+                            &g,
+                            &me,
+                            ReadOptions::count(50).block(Duration::from_millis(300)),
+                        )
+                        .await
+                        .unwrap();
                     if got.is_empty() {
                         return seen;
                     }
-                    bus.ack(&s, &g, &got.iter().map(|d| d.id).collect::<Vec<_>>()).await.unwrap();
+                    bus.ack(&s, &g, &got.iter().map(|d| d.id).collect::<Vec<_>>())
+                        .await
+                        .unwrap();
                     seen.extend(got.into_iter().map(|d| d.envelope().unwrap().kind));
                 }
             })
@@ -126,6 +144,10 @@ async fn concurrent_publishers_and_consumers_lose_nothing() {
     all.sort();
     let before = all.len();
     all.dedup();
-    assert_eq!((before, all.len()), (2000, 2000), "every entry delivered exactly once");
+    assert_eq!(
+        (before, all.len()),
+        (2000, 2000),
+        "every entry delivered exactly once"
+    );
     assert_eq!(bus.pending(&s, &g).await.unwrap().count, 0);
 }

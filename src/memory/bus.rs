@@ -4,7 +4,7 @@ use crate::{
     clock::{self, SharedClock},
     error::{Error, Result},
     name::{ConsumerName, GroupName, StreamName, Topic, TopicPattern},
-    BacklogPolicy, Backlog, Capabilities, Claimed, Codec, Delivery, Envelope, EventBus, GroupInfo, MessageId,
+    Backlog, BacklogPolicy, Capabilities, Claimed, Codec, Delivery, Envelope, EventBus, GroupInfo, MessageId,
     PendingSummary, ReadOptions, StartFrom, StreamInfo, Subscription, TopicEvent,
 };
 use async_trait::async_trait;
@@ -63,14 +63,17 @@ struct PendingEntry {
 }
 
 impl StreamState {
-
     /// Entries after `id`, the group's lag.
     fn count_after(&self, id: MessageId) -> u64 {
         (self.entries.len() - self.entries.partition_point(|(e, _)| *e <= id)) as u64
     }
 
     fn max_pending(&self) -> u64 {
-        self.groups.values().map(|g| g.pel.len() as u64).max().unwrap_or(0)
+        self.groups
+            .values()
+            .map(|g| g.pel.len() as u64)
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -118,7 +121,7 @@ impl MemoryBusBuilder {
             inner: Arc::new(Inner {
                 clock: self.clock.unwrap_or_else(clock::system),
                 outage: Outage::default(),
-                guard: BacklogGuard::new(self.config.backlog, Duration::ZERO),
+                guard: BacklogGuard::new(self.config.backlog),
                 config: self.config,
                 streams: Default::default(),
                 appended: Event::new(),
@@ -151,7 +154,9 @@ impl MemoryBus {
     }
 
     fn no_group(stream: &StreamName, group: &GroupName) -> Error {
-        Error::not_found(format!("consumer group `{group}` of stream `{stream}` does not exist"))
+        Error::not_found(format!(
+            "consumer group `{group}` of stream `{stream}` does not exist"
+        ))
     }
 
     fn append(&self, stream: &StreamName, bodies: Vec<Bytes>) -> Vec<MessageId> {
@@ -166,7 +171,11 @@ impl MemoryBus {
                 None => streams.entry(stream.clone()).or_default(),
             };
             for body in bodies {
-                let id = if now > st.last_id.ms { MessageId { ms: now, seq: 0 } } else { st.last_id.next() };
+                let id = if now > st.last_id.ms {
+                    MessageId { ms: now, seq: 0 }
+                } else {
+                    st.last_id.next()
+                };
                 st.last_id = id;
                 st.entries.push_back((id, body));
                 ids.push(id);
@@ -189,9 +198,13 @@ impl MemoryBus {
     ) -> Result<Vec<Delivery>> {
         let now = self.inner.clock.now_ms();
         let mut streams = self.inner.streams.lock();
-        let st = streams.get_mut(stream).ok_or_else(|| Self::no_group(stream, group))?;
+        let st = streams
+            .get_mut(stream)
+            .ok_or_else(|| Self::no_group(stream, group))?;
         let StreamState { entries, groups, .. } = st;
-        let g = groups.get_mut(group).ok_or_else(|| Self::no_group(stream, group))?;
+        let g = groups
+            .get_mut(group)
+            .ok_or_else(|| Self::no_group(stream, group))?;
         if !g.consumers.contains(consumer) {
             g.consumers.insert(consumer.clone());
         }
@@ -199,7 +212,14 @@ impl MemoryBus {
         let mut out = Vec::with_capacity(count.min(entries.len() - start));
         for (id, body) in entries.range(start..).take(count.max(1)) {
             g.last_delivered = *id;
-            g.pel.insert(*id, PendingEntry { consumer: consumer.clone(), delivered_at_ms: now, count: 1 });
+            g.pel.insert(
+                *id,
+                PendingEntry {
+                    consumer: consumer.clone(),
+                    delivered_at_ms: now,
+                    count: 1,
+                },
+            );
             out.push(Delivery::new(*id, 1, body.clone()));
         }
         Ok(out)
@@ -221,7 +241,9 @@ impl EventBus for MemoryBus {
     }
 
     async fn ensure_group(&self, stream: &StreamName, group: &GroupName, start: StartFrom) -> Result<bool> {
-        self.inner.outage.check(|| format!("create group `{group}` on stream `{stream}`"))?;
+        self.inner
+            .outage
+            .check(|| format!("create group `{group}` on stream `{stream}`"))?;
         let mut streams = self.inner.streams.lock();
         let st = streams.entry(stream.clone()).or_default();
         if st.groups.contains_key(group) {
@@ -233,22 +255,33 @@ impl EventBus for MemoryBus {
         };
         st.groups.insert(
             group.clone(),
-            GroupState { last_delivered, consumers: BTreeSet::new(), pel: BTreeMap::new() },
+            GroupState {
+                last_delivered,
+                consumers: BTreeSet::new(),
+                pel: BTreeMap::new(),
+            },
         );
         Ok(true)
     }
 
     async fn publish(&self, stream: &StreamName, envelope: &Envelope) -> Result<MessageId> {
-        self.inner.outage.check(|| format!("publish to stream `{stream}`"))?;
+        self.inner
+            .outage
+            .check(|| format!("publish to stream `{stream}`"))?;
         let body = self.inner.config.codec.encode(envelope)?;
         Ok(self.append(stream, vec![body])[0])
     }
 
     async fn publish_batch(&self, stream: &StreamName, envelopes: &[Envelope]) -> Result<Vec<MessageId>> {
-        self.inner.outage.check(|| format!("publish batch to stream `{stream}`"))?;
+        self.inner
+            .outage
+            .check(|| format!("publish batch to stream `{stream}`"))?;
         let codec = self.inner.config.codec;
         // Encode everything first: one bad envelope publishes nothing.
-        let bodies = envelopes.iter().map(|e| codec.encode(e)).collect::<Result<Vec<_>>>()?;
+        let bodies = envelopes
+            .iter()
+            .map(|e| codec.encode(e))
+            .collect::<Result<Vec<_>>>()?;
         if bodies.is_empty() {
             return Ok(Vec::new());
         }
@@ -264,7 +297,9 @@ impl EventBus for MemoryBus {
     ) -> Result<Vec<Delivery>> {
         let deadline = options.block.map(|b| Instant::now() + b);
         loop {
-            self.inner.outage.check(|| format!("read group `{group}` of stream `{stream}`"))?;
+            self.inner
+                .outage
+                .check(|| format!("read group `{group}` of stream `{stream}`"))?;
             // Listen before looking, so an append between the look and the wait is not missed.
             let listener = deadline.map(|_| self.inner.appended.listen());
             let got = self.try_read(stream, group, consumer, options.count)?;
@@ -279,7 +314,9 @@ impl EventBus for MemoryBus {
     }
 
     async fn ack(&self, stream: &StreamName, group: &GroupName, ids: &[MessageId]) -> Result<u64> {
-        self.inner.outage.check(|| format!("ack on group `{group}` of stream `{stream}`"))?;
+        self.inner
+            .outage
+            .check(|| format!("ack on group `{group}` of stream `{stream}`"))?;
         let mut streams = self.inner.streams.lock();
         let Some(g) = streams.get_mut(stream).and_then(|st| st.groups.get_mut(group)) else {
             return Ok(0);
@@ -295,13 +332,19 @@ impl EventBus for MemoryBus {
         min_idle: Duration,
         count: usize,
     ) -> Result<Claimed> {
-        self.inner.outage.check(|| format!("claim on group `{group}` of stream `{stream}`"))?;
+        self.inner
+            .outage
+            .check(|| format!("claim on group `{group}` of stream `{stream}`"))?;
         let now = self.inner.clock.now_ms();
         let min_idle = min_idle.as_millis() as u64;
         let mut streams = self.inner.streams.lock();
-        let st = streams.get_mut(stream).ok_or_else(|| Self::no_group(stream, group))?;
+        let st = streams
+            .get_mut(stream)
+            .ok_or_else(|| Self::no_group(stream, group))?;
         let StreamState { entries, groups, .. } = st;
-        let g = groups.get_mut(group).ok_or_else(|| Self::no_group(stream, group))?;
+        let g = groups
+            .get_mut(group)
+            .ok_or_else(|| Self::no_group(stream, group))?;
         g.consumers.insert(consumer.clone());
         let idle: Vec<MessageId> = g
             .pel
@@ -331,7 +374,9 @@ impl EventBus for MemoryBus {
     }
 
     async fn pending(&self, stream: &StreamName, group: &GroupName) -> Result<PendingSummary> {
-        self.inner.outage.check(|| format!("pending of group `{group}` on stream `{stream}`"))?;
+        self.inner
+            .outage
+            .check(|| format!("pending of group `{group}` on stream `{stream}`"))?;
         let streams = self.inner.streams.lock();
         let g = streams
             .get(stream)
@@ -352,7 +397,9 @@ impl EventBus for MemoryBus {
     async fn stream_info(&self, stream: &StreamName) -> Result<StreamInfo> {
         self.inner.outage.check(|| format!("info of stream `{stream}`"))?;
         let streams = self.inner.streams.lock();
-        let st = streams.get(stream).ok_or_else(|| Error::not_found(format!("stream `{stream}` does not exist")))?;
+        let st = streams
+            .get(stream)
+            .ok_or_else(|| Error::not_found(format!("stream `{stream}` does not exist")))?;
         Ok(StreamInfo {
             length: st.entries.len() as u64,
             first_id: st.entries.front().map(|(id, _)| *id),
@@ -372,10 +419,15 @@ impl EventBus for MemoryBus {
     }
 
     async fn backlog(&self, stream: &StreamName, group: &GroupName) -> Result<Backlog> {
-        self.inner.outage.check(|| format!("backlog of group `{group}` on stream `{stream}`"))?;
+        self.inner
+            .outage
+            .check(|| format!("backlog of group `{group}` on stream `{stream}`"))?;
         let streams = self.inner.streams.lock();
         let st = streams.get(stream).ok_or_else(|| Self::no_group(stream, group))?;
-        let g = st.groups.get(group).ok_or_else(|| Self::no_group(stream, group))?;
+        let g = st
+            .groups
+            .get(group)
+            .ok_or_else(|| Self::no_group(stream, group))?;
         Ok(Backlog {
             length: st.entries.len() as u64,
             pending: g.pel.len() as u64,
@@ -385,7 +437,9 @@ impl EventBus for MemoryBus {
     }
 
     async fn publish_topic(&self, topic: &Topic, envelope: &Envelope) -> Result<()> {
-        self.inner.outage.check(|| format!("publish to topic `{topic}`"))?;
+        self.inner
+            .outage
+            .check(|| format!("publish to topic `{topic}`"))?;
         self.inner.config.codec.encode(envelope)?;
         let mut subs = self.inner.topics.lock();
         subs.retain_mut(|(pattern, tx)| {

@@ -31,7 +31,11 @@ impl MemoryLiveness {
 
     /// A store on `clock`.
     pub fn with_clock(clock: SharedClock) -> Self {
-        Self { clock, outage: Outage::default(), expiries: Default::default() }
+        Self {
+            clock,
+            outage: Outage::default(),
+            expiries: Default::default(),
+        }
     }
 
     /// Simulate the store going down (`false`) or coming back (`true`).
@@ -58,10 +62,14 @@ impl LivenessStore for MemoryLiveness {
     }
 
     async fn is_alive_batch(&self, ids: &[InstanceId]) -> Result<Vec<bool>> {
-        self.outage.check(|| format!("liveness check of {} ids", ids.len()))?;
+        self.outage
+            .check(|| format!("liveness check of {} ids", ids.len()))?;
         let now = self.clock.now_ms();
         let map = self.expiries.lock();
-        Ok(ids.iter().map(|id| map.get(id).is_some_and(|exp| *exp > now)).collect())
+        Ok(ids
+            .iter()
+            .map(|id| map.get(id).is_some_and(|exp| *exp > now))
+            .collect())
     }
 
     async fn forget(&self, id: &InstanceId) -> Result<()> {

@@ -36,7 +36,10 @@ impl Outage {
 
     fn check(&self, what: impl FnOnce() -> String) -> Result<()> {
         if self.is_down() {
-            Err(Error::unavailable(format!("{} failed: in-memory store is offline (simulated outage)", what())))
+            Err(Error::unavailable(format!(
+                "{} failed: in-memory store is offline (simulated outage)",
+                what()
+            )))
         } else {
             Ok(())
         }

@@ -45,7 +45,11 @@ impl MemoryRegistry {
 
     /// A registry on `clock`.
     pub fn with_clock(clock: SharedClock) -> Self {
-        Self { clock, outage: Outage::default(), entries: Default::default() }
+        Self {
+            clock,
+            outage: Outage::default(),
+            entries: Default::default(),
+        }
     }
 
     /// Simulate the store going down (`false`) or coming back (`true`).
@@ -62,7 +66,8 @@ impl MemoryRegistry {
 #[async_trait]
 impl RegistryStore for MemoryRegistry {
     async fn register(&self, instance: &Instance, ttl: Duration) -> Result<()> {
-        self.outage.check(|| format!("register `{}`/`{}`", instance.service, instance.id))?;
+        self.outage
+            .check(|| format!("register `{}`/`{}`", instance.service, instance.id))?;
         let now = self.clock.now_ms();
         let mut entries = self.entries.lock();
         // Expired entries are otherwise only dropped by `list`; keep memory bounded.

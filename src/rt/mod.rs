@@ -127,7 +127,10 @@ pub(crate) struct Interval {
 
 impl Interval {
     pub(crate) fn new(period: Duration) -> Self {
-        Self { period, next: Instant::now() + period }
+        Self {
+            period,
+            next: Instant::now() + period,
+        }
     }
 
     pub(crate) async fn tick(&mut self) {
@@ -146,7 +149,10 @@ mod tests {
     async fn exercise() {
         let h = spawn(async { 41 + 1 });
         assert_eq!(h.join().await, 42);
-        assert_eq!(timeout(Duration::from_millis(10), std::future::pending::<()>()).await, Err(Elapsed));
+        assert_eq!(
+            timeout(Duration::from_millis(10), std::future::pending::<()>()).await,
+            Err(Elapsed)
+        );
         assert_eq!(timeout(Duration::from_secs(5), async { 1 }).await, Ok(1));
 
         let (tx, rx) = futures_channel::oneshot::channel::<()>();
@@ -167,7 +173,10 @@ mod tests {
     #[cfg(feature = "rt-tokio")]
     #[test]
     fn tokio() {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async {
             assert_eq!(Runtime::current(), Runtime::Tokio);
             exercise().await

@@ -8,7 +8,9 @@ const TTL: Duration = Duration::from_millis(500);
 
 fn ids(n: usize) -> Vec<InstanceId> {
     let p = unique("rt");
-    (0..n).map(|i| InstanceId::new(format!("{p}-{i}")).expect("valid")).collect()
+    (0..n)
+        .map(|i| InstanceId::new(format!("{p}-{i}")).expect("valid"))
+        .collect()
 }
 
 /// Run every liveness case against `store`.
@@ -19,7 +21,8 @@ pub async fn run(store: &dyn LivenessStore, time: &dyn TimeControl) -> Report {
         return r;
     }
     r.case("touch_then_alive", touch_then_alive(store)).await;
-    r.case("batch_answers_every_id_in_order", batch_in_order(store)).await;
+    r.case("batch_answers_every_id_in_order", batch_in_order(store))
+        .await;
     r.case("empty_batch", async {
         let got = store.is_alive_batch(&[]).await.step("empty batch")?;
         ensure!(got.is_empty(), "empty batch answered {got:?}");
@@ -37,7 +40,10 @@ pub async fn run(store: &dyn LivenessStore, time: &dyn TimeControl) -> Report {
 async fn touch_then_alive(s: &dyn LivenessStore) -> CaseResult {
     let id = ids(1);
     s.touch(&id[0], TTL).await.step("touch")?;
-    ensure!(s.is_alive_batch(&id).await.step("batch")? == [true], "touched id not alive");
+    ensure!(
+        s.is_alive_batch(&id).await.step("batch")? == [true],
+        "touched id not alive"
+    );
     Ok(())
 }
 
@@ -47,7 +53,10 @@ async fn batch_in_order(s: &dyn LivenessStore) -> CaseResult {
         s.touch(&id[i], TTL).await.step("touch")?;
     }
     let got = s.is_alive_batch(&id).await.step("batch")?;
-    ensure!(got == [true, false, true, false, true], "expected alternating answers, got {got:?}");
+    ensure!(
+        got == [true, false, true, false, true],
+        "expected alternating answers, got {got:?}"
+    );
     Ok(())
 }
 
@@ -55,7 +64,10 @@ async fn duplicates(s: &dyn LivenessStore) -> CaseResult {
     let id = ids(1);
     s.touch(&id[0], TTL).await.step("touch")?;
     let twice = [id[0].clone(), id[0].clone()];
-    ensure!(s.is_alive_batch(&twice).await.step("batch")? == [true, true], "duplicate ids not each answered");
+    ensure!(
+        s.is_alive_batch(&twice).await.step("batch")? == [true, true],
+        "duplicate ids not each answered"
+    );
     Ok(())
 }
 
@@ -63,7 +75,10 @@ async fn expires(s: &dyn LivenessStore, time: &dyn TimeControl) -> CaseResult {
     let id = ids(1);
     s.touch(&id[0], TTL).await.step("touch")?;
     time.advance(TTL + Duration::from_millis(200)).await;
-    ensure!(s.is_alive_batch(&id).await.step("batch")? == [false], "alive after its TTL");
+    ensure!(
+        s.is_alive_batch(&id).await.step("batch")? == [false],
+        "alive after its TTL"
+    );
     Ok(())
 }
 
@@ -73,7 +88,10 @@ async fn touch_extends(s: &dyn LivenessStore, time: &dyn TimeControl) -> CaseRes
     time.advance(TTL * 2 / 3).await;
     s.touch(&id[0], TTL).await.step("touch again")?;
     time.advance(TTL * 2 / 3).await;
-    ensure!(s.is_alive_batch(&id).await.step("batch")? == [true], "second touch did not extend the TTL");
+    ensure!(
+        s.is_alive_batch(&id).await.step("batch")? == [true],
+        "second touch did not extend the TTL"
+    );
     Ok(())
 }
 
@@ -82,7 +100,10 @@ async fn forget(s: &dyn LivenessStore) -> CaseResult {
     s.touch(&id[0], TTL).await.step("touch")?;
     s.forget(&id[0]).await.step("forget")?;
     s.forget(&id[1]).await.step("forget missing")?;
-    ensure!(s.is_alive_batch(&id).await.step("batch")? == [false, false], "forgotten id still alive");
+    ensure!(
+        s.is_alive_batch(&id).await.step("batch")? == [false, false],
+        "forgotten id still alive"
+    );
     Ok(())
 }
 
@@ -92,8 +113,17 @@ async fn large_batch(s: &dyn LivenessStore) -> CaseResult {
         s.touch(&id[i], Duration::from_secs(30)).await.step("touch")?;
     }
     let got = s.is_alive_batch(&id).await.step("batch")?;
-    ensure!(got.len() == id.len(), "asked {} ids, got {} answers", id.len(), got.len());
-    let wrong = got.iter().enumerate().filter(|(i, a)| **a != (i % 1000 == 0)).count();
+    ensure!(
+        got.len() == id.len(),
+        "asked {} ids, got {} answers",
+        id.len(),
+        got.len()
+    );
+    let wrong = got
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| **a != (i % 1000 == 0))
+        .count();
     ensure!(wrong == 0, "{wrong} wrong answers in a batch of {}", id.len());
     Ok(())
 }

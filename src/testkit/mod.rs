@@ -64,7 +64,11 @@ impl Report {
 
     /// Names of the failed cases.
     pub fn failures(&self) -> Vec<&'static str> {
-        self.cases.iter().filter(|(_, r)| r.is_err()).map(|(n, _)| *n).collect()
+        self.cases
+            .iter()
+            .filter(|(_, r)| r.is_err())
+            .map(|(n, _)| *n)
+            .collect()
     }
 
     /// Whether case `name` ran and failed.
@@ -75,9 +79,18 @@ impl Report {
     /// Panic with every failure when any case failed (or none ran).
     pub fn assert_all_passed(&self) {
         assert!(!self.cases.is_empty(), "the suite ran no case");
-        let failed: Vec<String> =
-            self.cases.iter().filter_map(|(n, r)| r.as_ref().err().map(|e| format!("  {n}: {e}"))).collect();
-        assert!(failed.is_empty(), "{} of {} conformance cases failed:\n{}", failed.len(), self.cases.len(), failed.join("\n"));
+        let failed: Vec<String> = self
+            .cases
+            .iter()
+            .filter_map(|(n, r)| r.as_ref().err().map(|e| format!("  {n}: {e}")))
+            .collect();
+        assert!(
+            failed.is_empty(),
+            "{} of {} conformance cases failed:\n{}",
+            failed.len(),
+            self.cases.len(),
+            failed.join("\n")
+        );
     }
 }
 

@@ -8,7 +8,11 @@ use std::time::Duration;
 pub const TTL: Duration = Duration::from_millis(600);
 
 fn instance(service: &ServiceName, id: &str) -> Instance {
-    Instance::new(service.clone(), InstanceId::new(id).expect("valid id"), Status::Starting)
+    Instance::new(
+        service.clone(),
+        InstanceId::new(id).expect("valid id"),
+        Status::Starting,
+    )
 }
 
 /// Run every registry case against `store`.
@@ -21,13 +25,32 @@ pub async fn run(store: &dyn RegistryStore, time: &dyn TimeControl) -> Report {
     r.case("register_then_listed", register_then_listed(store)).await;
     r.case("metadata_round_trips", metadata_round_trips(store)).await;
     r.case("reregister_replaces", reregister_replaces(store)).await;
-    r.case("list_filters_by_service", list_filters_by_service(store)).await;
-    r.case("deregister_removes_at_once", deregister_removes_at_once(store)).await;
-    r.case("deregister_missing_is_ok", deregister_missing_is_ok(store)).await;
-    r.case("heartbeat_missing_returns_false", heartbeat_missing_returns_false(store)).await;
-    r.case("expires_without_heartbeat", expires_without_heartbeat(store, time)).await;
-    r.case("heartbeat_keeps_alive_past_ttl", heartbeat_keeps_alive(store, time)).await;
-    r.case("heartbeat_after_expiry_returns_false", heartbeat_after_expiry(store, time)).await;
+    r.case("list_filters_by_service", list_filters_by_service(store))
+        .await;
+    r.case("deregister_removes_at_once", deregister_removes_at_once(store))
+        .await;
+    r.case("deregister_missing_is_ok", deregister_missing_is_ok(store))
+        .await;
+    r.case(
+        "heartbeat_missing_returns_false",
+        heartbeat_missing_returns_false(store),
+    )
+    .await;
+    r.case(
+        "expires_without_heartbeat",
+        expires_without_heartbeat(store, time),
+    )
+    .await;
+    r.case(
+        "heartbeat_keeps_alive_past_ttl",
+        heartbeat_keeps_alive(store, time),
+    )
+    .await;
+    r.case(
+        "heartbeat_after_expiry_returns_false",
+        heartbeat_after_expiry(store, time),
+    )
+    .await;
     r.case("ping", async { store.ping().await.step("ping") }).await;
     r
 }
@@ -37,7 +60,13 @@ fn svc() -> ServiceName {
 }
 
 async fn ids_of(store: &dyn RegistryStore, s: &ServiceName) -> Result<Vec<String>, String> {
-    Ok(store.list(Some(s)).await.step("list")?.into_iter().map(|i| i.id.to_string()).collect())
+    Ok(store
+        .list(Some(s))
+        .await
+        .step("list")?
+        .into_iter()
+        .map(|i| i.id.to_string())
+        .collect())
 }
 
 async fn register_then_listed(store: &dyn RegistryStore) -> CaseResult {
@@ -47,13 +76,18 @@ async fn register_then_listed(store: &dyn RegistryStore) -> CaseResult {
     let ids = ids_of(store, &s).await?;
     ensure!(ids == ["a", "b"], "expected [a, b] sorted by id, got {ids:?}");
     let all = store.list(None).await.step("list all")?;
-    ensure!(all.iter().filter(|i| i.service == s).count() == 2, "list(None) misses instances of {s}");
+    ensure!(
+        all.iter().filter(|i| i.service == s).count() == 2,
+        "list(None) misses instances of {s}"
+    );
     Ok(())
 }
 
 async fn metadata_round_trips(store: &dyn RegistryStore) -> CaseResult {
     let s = svc();
-    let mut inst = instance(&s, "m-1").with_metadata("zone", "eu-1").with_metadata("weight", 3);
+    let mut inst = instance(&s, "m-1")
+        .with_metadata("zone", "eu-1")
+        .with_metadata("weight", 3);
     inst.status = Status::Other("draining".into());
     inst.host = Some("host-a".into());
     inst.pid = Some(4242);
@@ -71,14 +105,23 @@ async fn reregister_replaces(store: &dyn RegistryStore) -> CaseResult {
     running.status = Status::Running;
     store.register(&running, TTL).await.step("register again")?;
     let got = store.list(Some(&s)).await.step("list")?;
-    ensure!(got.len() == 1 && got[0].status == Status::Running, "expected one running entry, got {got:?}");
+    ensure!(
+        got.len() == 1 && got[0].status == Status::Running,
+        "expected one running entry, got {got:?}"
+    );
     Ok(())
 }
 
 async fn list_filters_by_service(store: &dyn RegistryStore) -> CaseResult {
     let (s1, s2) = (svc(), svc());
-    store.register(&instance(&s1, "x"), TTL).await.step("register s1")?;
-    store.register(&instance(&s2, "y"), TTL).await.step("register s2")?;
+    store
+        .register(&instance(&s1, "x"), TTL)
+        .await
+        .step("register s1")?;
+    store
+        .register(&instance(&s2, "y"), TTL)
+        .await
+        .step("register s2")?;
     let ids = ids_of(store, &s1).await?;
     ensure!(ids == ["x"], "list({s1}) returned {ids:?}");
     Ok(())
@@ -98,12 +141,18 @@ async fn deregister_removes_at_once(store: &dyn RegistryStore) -> CaseResult {
 
 async fn deregister_missing_is_ok(store: &dyn RegistryStore) -> CaseResult {
     let s = svc();
-    store.deregister(&s, &InstanceId::new("never").expect("valid")).await.step("deregister missing")
+    store
+        .deregister(&s, &InstanceId::new("never").expect("valid"))
+        .await
+        .step("deregister missing")
 }
 
 async fn heartbeat_missing_returns_false(store: &dyn RegistryStore) -> CaseResult {
     let s = svc();
-    let beat = store.heartbeat(&s, &InstanceId::new("ghost").expect("valid"), TTL).await.step("heartbeat")?;
+    let beat = store
+        .heartbeat(&s, &InstanceId::new("ghost").expect("valid"), TTL)
+        .await
+        .step("heartbeat")?;
     ensure!(!beat, "heartbeat of a missing entry returned true");
     let ids = ids_of(store, &s).await?;
     ensure!(ids.is_empty(), "heartbeat created an entry: {ids:?}");
@@ -148,8 +197,14 @@ async fn noop(store: &dyn RegistryStore) -> CaseResult {
     let s = svc();
     let i = instance(&s, "n-1");
     store.register(&i, TTL).await.step("register")?;
-    ensure!(!store.heartbeat(&s, &i.id, TTL).await.step("heartbeat")?, "noop heartbeat must be false");
-    ensure!(store.list(None).await.step("list")?.is_empty(), "noop list must be empty");
+    ensure!(
+        !store.heartbeat(&s, &i.id, TTL).await.step("heartbeat")?,
+        "noop heartbeat must be false"
+    );
+    ensure!(
+        store.list(None).await.step("list")?.is_empty(),
+        "noop list must be empty"
+    );
     store.deregister(&s, &i.id).await.step("deregister")?;
     store.ping().await.step("ping")
 }

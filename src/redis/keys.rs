@@ -1,0 +1,90 @@
+//! The Redis key layout, in one place.
+//!
+//! With the namespace `sg` the registry key of an instance is exactly the
+//! reference design's `sg:registry:service:{name}:{instance_id}`, so older
+//! services and fleetwire services see each other. Stream keys are the
+//! stream names as given (`sg:stream:inbound`).
+
+use crate::{
+    error::{Error, Result},
+    name::{InstanceId, ServiceName, Topic, TopicPattern},
+};
+
+#[derive(Debug, Clone)]
+pub(crate) struct Keys {
+    ns: String,
+}
+
+impl Keys {
+    pub(crate) fn new(namespace: &str) -> Result<Self> {
+        // Same rules as a service name: one key segment, no glob characters.
+        ServiceName::new(namespace)
+            .map_err(|e| Error::invalid(format!("invalid Redis namespace `{namespace}`")).with_source(e))?;
+        Ok(Self {
+            ns: namespace.to_owned(),
+        })
+    }
+
+    pub(crate) fn instance(&self, service: &ServiceName, id: &InstanceId) -> String {
+        format!("{}:registry:service:{service}:{id}", self.ns)
+    }
+
+    /// `SCAN` pattern matching every instance key, ours and the reference design's.
+    pub(crate) fn instance_scan_pattern(&self) -> String {
+        format!("{}:registry:service:*", self.ns)
+    }
+
+    /// Service and id of an instance key, if it is one with valid names.
+    pub(crate) fn parse_instance(&self, key: &str) -> Option<(ServiceName, InstanceId)> {
+        let rest = key.strip_prefix(&self.ns)?.strip_prefix(":registry:service:")?;
+        let (service, id) = rest.split_once(':')?;
+        Some((ServiceName::new(service).ok()?, InstanceId::new(id).ok()?))
+    }
+
+    /// Set of instance ids of `service`, so listing never scans the keyspace.
+    pub(crate) fn index(&self, service: &ServiceName) -> String {
+        format!("{}:registry:index:{service}", self.ns)
+    }
+
+    /// Set of service names that have (or had) an index.
+    pub(crate) fn services(&self) -> String {
+        format!("{}:registry:services", self.ns)
+    }
+
+    pub(crate) fn liveness(&self, id: &InstanceId) -> String {
+        format!("{}:liveness:{id}", self.ns)
+    }
+
+    pub(crate) fn topic_prefix(&self) -> String {
+        format!("{}:topic:", self.ns)
+    }
+
+    pub(crate) fn topic(&self, topic: &Topic) -> String {
+        format!("{}:topic:{topic}", self.ns)
+    }
+
+    /// A `PSUBSCRIBE` glob; Redis's `*` also matches dots, so events are
+    /// filtered again with [`TopicPattern::matches`].
+    pub(crate) fn topic_pattern(&self, pattern: &TopicPattern) -> String {
+        format!("{}:topic:{pattern}", self.ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reference_layout() {
+        let k = Keys::new("sg").unwrap();
+        let (s, i) = (
+            ServiceName::new("gateway").unwrap(),
+            InstanceId::new("gw-1").unwrap(),
+        );
+        assert_eq!(k.instance(&s, &i), "sg:registry:service:gateway:gw-1");
+        assert_eq!(k.parse_instance("sg:registry:service:gateway:gw-1"), Some((s, i)));
+        assert_eq!(k.parse_instance("sg:registry:service:gateway:gw:1"), None);
+        assert_eq!(k.parse_instance("xx:registry:service:gateway:gw-1"), None);
+        assert!(Keys::new("a*b").is_err());
+    }
+}

@@ -1,0 +1,229 @@
+//! Redis backends over redis-rs.
+//!
+//! ```no_run
+//! # async fn demo() -> fleetwire::Result<()> {
+//! use fleetwire::redis::RedisBackend;
+//! let redis = RedisBackend::builder().url("redis://127.0.0.1:6379").namespace("sg").build()?;
+//! let (registry, liveness, bus) = (redis.registry(), redis.liveness(), redis.bus());
+//! # Ok(()) }
+//! ```
+//!
+//! One [`RedisBackend`] holds the connections; the registry, liveness store
+//! and bus it hands out share them. Ordinary commands go over one
+//! multiplexed connection that reconnects by itself; blocking reads use a
+//! bb8 pool on Tokio and dedicated connections on async-std / smol.
+//! A password in the URL never appears in `Debug` output, logs or errors.
+//!
+//! Only standalone Redis (or a primary) is supported, not Redis Cluster: the
+//! registry prunes its index with a script touching several keys.
+
+mod bus;
+mod connection;
+mod keys;
+mod liveness;
+pub mod parse;
+mod registry;
+
+pub use bus::RedisBus;
+pub use liveness::RedisLiveness;
+pub use registry::RedisRegistry;
+
+use crate::{
+    bus::{BacklogPolicy, BusConfig},
+    envelope::Codec,
+    error::{Error, Result},
+    name::StreamName,
+};
+use connection::{redact, Blocking, Conn};
+use keys::Keys;
+use std::{sync::Arc, time::Duration};
+
+/// The connections and settings shared by the Redis backends.
+#[derive(Debug, Clone)]
+pub struct RedisBackend {
+    conn: Arc<Conn>,
+    keys: Keys,
+    bus: BusConfig,
+    legacy_scan_every: Option<Duration>,
+}
+
+/// Builds a [`RedisBackend`]. Every setting has a documented default.
+#[derive(Clone)]
+pub struct RedisBackendBuilder {
+    url: String,
+    namespace: String,
+    pool_size: u32,
+    connect_timeout: Duration,
+    response_timeout: Duration,
+    bus: BusConfig,
+    legacy_scan_every: Option<Duration>,
+}
+
+impl std::fmt::Debug for RedisBackendBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackendBuilder")
+            .field("url", &redact(&self.url))
+            .field("namespace", &self.namespace)
+            .field("pool_size", &self.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for RedisBackendBuilder {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".into(),
+            namespace: "sg".into(),
+            pool_size: 8,
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(5),
+            bus: BusConfig::default(),
+            legacy_scan_every: Some(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl RedisBackendBuilder {
+    /// Server URL (default `redis://127.0.0.1:6379`); `redis://:password@host`
+    /// and `rediss://` (with redis-rs TLS features) work.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = url.into();
+        self
+    }
+
+    /// Key namespace (default `sg`, the reference design's).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Connections for blocking reads (default 8).
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// Time to establish a connection (default 2 s).
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Time to wait for a reply, besides a read's own block time (default 5 s).
+    pub fn response_timeout(mut self, d: Duration) -> Self {
+        self.response_timeout = d;
+        self
+    }
+
+    /// Length cap of every stream (default 100 000).
+    pub fn max_len(mut self, max_len: u64) -> Self {
+        self.bus.max_len = max_len;
+        self
+    }
+
+    /// Length cap of one stream.
+    pub fn stream_max_len(mut self, stream: StreamName, max_len: u64) -> Self {
+        self.bus.stream_max_len.insert(stream, max_len);
+        self
+    }
+
+    /// When to warn about backlogs (default: 80 % of the cap or 1000 pending, every 30 s).
+    pub fn backlog_policy(mut self, policy: BacklogPolicy) -> Self {
+        self.bus.backlog = policy;
+        self
+    }
+
+    /// Envelope size limit (default 1 MiB).
+    pub fn codec(mut self, codec: Codec) -> Self {
+        self.bus.codec = codec;
+        self
+    }
+
+    /// How often `list` looks for registry keys written without the index
+    /// (by the reference design's plain `SET ... EX`); `None` never (default 10 s).
+    pub fn legacy_scan_every(mut self, every: Option<Duration>) -> Self {
+        self.legacy_scan_every = every;
+        self
+    }
+
+    /// Build the backend. No connection is made until the first call, so
+    /// this succeeds while Redis is down; call it inside the async runtime.
+    pub fn build(self) -> Result<RedisBackend> {
+        let redacted_url = redact(&self.url);
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| {
+            Error::invalid(format!(
+                "invalid Redis URL `{redacted_url}`: {}",
+                e.detail().unwrap_or("unparsable")
+            ))
+        })?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_millis(500));
+        let manager = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| connection::map_err(e, format!("connect to `{redacted_url}`")))?;
+        let blocking = Blocking::new(&client, self.pool_size, self.connect_timeout);
+        Ok(RedisBackend {
+            conn: Arc::new(Conn {
+                client,
+                manager,
+                blocking,
+                response_timeout: self.response_timeout,
+                redacted_url,
+            }),
+            keys: Keys::new(&self.namespace)?,
+            bus: self.bus,
+            legacy_scan_every: self.legacy_scan_every,
+        })
+    }
+}
+
+impl RedisBackend {
+    /// Configure a backend.
+    pub fn builder() -> RedisBackendBuilder {
+        RedisBackendBuilder::default()
+    }
+
+    /// Build from the environment: `SG_REDIS_URL` (or `REDIS_URL`), `SG_NAMESPACE`,
+    /// `SG_STREAM_MAXLEN`; anything unset keeps its default.
+    pub fn from_env() -> Result<Self> {
+        let mut b = Self::builder();
+        if let Ok(url) = std::env::var("SG_REDIS_URL").or_else(|_| std::env::var("REDIS_URL")) {
+            b = b.url(url);
+        }
+        if let Ok(ns) = std::env::var("SG_NAMESPACE") {
+            b = b.namespace(ns);
+        }
+        if let Ok(n) = std::env::var("SG_STREAM_MAXLEN") {
+            b = b.max_len(
+                n.parse()
+                    .map_err(|_| Error::invalid(format!("SG_STREAM_MAXLEN `{n}` is not a number")))?,
+            );
+        }
+        b.build()
+    }
+
+    /// The service registry.
+    pub fn registry(&self) -> RedisRegistry {
+        RedisRegistry::new(self.conn.clone(), self.keys.clone(), self.legacy_scan_every)
+    }
+
+    /// The liveness store.
+    pub fn liveness(&self) -> RedisLiveness {
+        RedisLiveness::new(self.conn.clone(), self.keys.clone())
+    }
+
+    /// The event bus.
+    pub fn bus(&self) -> RedisBus {
+        RedisBus::new(self.conn.clone(), self.keys.clone(), self.bus.clone())
+    }
+
+    /// `PING` the server.
+    pub async fn ping(&self) -> Result<()> {
+        redis::cmd("PING")
+            .query_async::<()>(&mut self.conn.manager())
+            .await
+            .map_err(|e| connection::map_err(e, "ping Redis"))
+    }
+}

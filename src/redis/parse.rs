@@ -1,0 +1,290 @@
+//! Parsing of stream replies as Redis returns them (RESP2 arrays or RESP3 maps).
+//!
+//! Every function returns a clear [`Protocol`](crate::ErrorKind::Protocol)
+//! error on a reply of unexpected shape, never panics.
+
+use crate::{
+    bus::{Delivery, GroupInfo, MessageId, PendingSummary, StreamInfo},
+    error::{Error, Result},
+    ErrorKind,
+};
+use bytes::Bytes;
+use redis::Value;
+use std::collections::BTreeMap;
+
+/// The stream field that holds the msgpack envelope.
+pub(crate) const BODY_FIELD: &str = "env";
+
+fn protocol(what: &str) -> Error {
+    Error::new(ErrorKind::Protocol, format!("unexpected Redis reply: {what}"))
+}
+
+fn text(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
+fn string(v: &Value) -> Option<String> {
+    match v {
+        Value::Int(i) => Some(i.to_string()),
+        other => text(other).map(|b| String::from_utf8_lossy(b).into_owned()),
+    }
+}
+
+fn int(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        Value::Nil => None,
+        other => std::str::from_utf8(text(other)?).ok()?.parse().ok(),
+    }
+}
+
+pub(crate) fn message_id(v: &Value) -> Result<MessageId> {
+    let s = text(v)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .ok_or_else(|| protocol("entry id is not a string"))?;
+    s.parse().map_err(|_| protocol("entry id is not `ms-seq`"))
+}
+
+/// Key/value pairs of a RESP2 flat array or a RESP3 map.
+fn pairs(v: &Value) -> Option<Vec<(&Value, &Value)>> {
+    match v {
+        Value::Array(items) if items.len() % 2 == 0 => {
+            Some(items.chunks(2).map(|c| (&c[0], &c[1])).collect())
+        }
+        Value::Map(kv) => Some(kv.iter().map(|(k, v)| (k, v)).collect()),
+        _ => None,
+    }
+}
+
+fn field<'a>(kv: &[(&'a Value, &'a Value)], name: &str) -> Option<&'a Value> {
+    kv.iter()
+        .find(|(k, _)| text(k) == Some(name.as_bytes()))
+        .map(|(_, v)| *v)
+}
+
+fn items(v: &Value) -> Option<&[Value]> {
+    match v {
+        Value::Array(a) | Value::Set(a) => Some(a),
+        _ => None,
+    }
+}
+
+/// One `[id, [field, value, ...]]` entry. An entry without our body field
+/// (written by someone else, or deleted) is delivered with an empty body, so
+/// decoding it fails with a clear error and the consumer can still ack it.
+pub(crate) fn entry(v: &Value, delivery_count: u64) -> Result<Delivery> {
+    let parts = items(v)
+        .filter(|p| p.len() == 2)
+        .ok_or_else(|| protocol("stream entry is not [id, fields]"))?;
+    let id = message_id(&parts[0])?;
+    let body = match &parts[1] {
+        Value::Nil => None,
+        fields => {
+            let kv = pairs(fields).ok_or_else(|| protocol("entry fields are not field/value pairs"))?;
+            field(&kv, BODY_FIELD).and_then(text).map(Bytes::copy_from_slice)
+        }
+    };
+    Ok(Delivery::new(id, delivery_count, body.unwrap_or_default()))
+}
+
+/// Entries of one stream, `[[id, fields], ...]`.
+pub(crate) fn entries(v: &Value, delivery_count: u64) -> Result<Vec<Delivery>> {
+    items(v)
+        .ok_or_else(|| protocol("entries are not an array"))?
+        .iter()
+        .map(|e| entry(e, delivery_count))
+        .collect()
+}
+
+/// An `XREADGROUP` reply for one stream: nil, `[[stream, entries]]` (RESP2)
+/// or `{stream: entries}` (RESP3).
+pub fn read_reply(v: &Value) -> Result<Vec<Delivery>> {
+    match v {
+        Value::Nil => Ok(Vec::new()),
+        Value::Map(kv) => kv
+            .iter()
+            .map(|(_, e)| entries(e, 1))
+            .try_fold(Vec::new(), |mut all, r| {
+                all.extend(r?);
+                Ok(all)
+            }),
+        Value::Array(streams) => {
+            let mut all = Vec::new();
+            for s in streams {
+                let pair = items(s)
+                    .filter(|p| p.len() == 2)
+                    .ok_or_else(|| protocol("stream reply is not [key, entries]"))?;
+                all.extend(entries(&pair[1], 1)?);
+            }
+            Ok(all)
+        }
+        _ => Err(protocol("XREADGROUP reply is neither nil, array nor map")),
+    }
+}
+
+/// An `XAUTOCLAIM` reply: `[cursor, entries, deleted]` (the third part since Redis 7).
+pub(crate) fn autoclaim_reply(v: &Value) -> Result<(Vec<Delivery>, Vec<MessageId>)> {
+    let parts = items(v)
+        .filter(|p| p.len() >= 2)
+        .ok_or_else(|| protocol("XAUTOCLAIM reply is not [cursor, entries, ...]"))?;
+    let claimed = entries(&parts[1], 0)?;
+    let deleted = match parts.get(2) {
+        Some(d) => items(d)
+            .ok_or_else(|| protocol("XAUTOCLAIM deleted ids"))?
+            .iter()
+            .map(message_id)
+            .collect::<Result<_>>()?,
+        None => Vec::new(),
+    };
+    Ok((claimed, deleted))
+}
+
+/// Extended `XPENDING` rows `[id, consumer, idle, count]` as id → count.
+pub(crate) fn pending_counts(v: &Value) -> Result<BTreeMap<MessageId, u64>> {
+    let rows = items(v).ok_or_else(|| protocol("XPENDING rows are not an array"))?;
+    rows.iter()
+        .map(|r| {
+            let r = items(r)
+                .filter(|r| r.len() == 4)
+                .ok_or_else(|| protocol("XPENDING row"))?;
+            Ok((
+                message_id(&r[0])?,
+                int(&r[3]).ok_or_else(|| protocol("XPENDING delivery count"))?,
+            ))
+        })
+        .collect()
+}
+
+/// Summary `XPENDING`: `[count, lowest, highest, [[consumer, count], ...]]`.
+pub(crate) fn pending_summary(v: &Value) -> Result<PendingSummary> {
+    let p = items(v)
+        .filter(|p| p.len() == 4)
+        .ok_or_else(|| protocol("XPENDING summary is not 4 items"))?;
+    let opt_id = |v: &Value| {
+        if matches!(v, Value::Nil) {
+            Ok(None)
+        } else {
+            message_id(v).map(Some)
+        }
+    };
+    let mut consumers = BTreeMap::new();
+    if let Some(rows) = items(&p[3]) {
+        for row in rows {
+            let row = items(row)
+                .filter(|r| r.len() == 2)
+                .ok_or_else(|| protocol("XPENDING consumer row"))?;
+            let name = string(&row[0]).ok_or_else(|| protocol("XPENDING consumer name"))?;
+            consumers.insert(
+                name,
+                int(&row[1]).ok_or_else(|| protocol("XPENDING consumer count"))?,
+            );
+        }
+    }
+    Ok(PendingSummary {
+        count: int(&p[0]).ok_or_else(|| protocol("XPENDING count"))?,
+        lowest: opt_id(&p[1])?,
+        highest: opt_id(&p[2])?,
+        consumers,
+    })
+}
+
+/// `XINFO GROUPS` rows.
+pub(crate) fn groups(v: &Value) -> Result<Vec<GroupInfo>> {
+    let rows = items(v).ok_or_else(|| protocol("XINFO GROUPS is not an array"))?;
+    rows.iter()
+        .map(|row| {
+            let kv = pairs(row).ok_or_else(|| protocol("XINFO GROUPS row"))?;
+            let num = |name| field(&kv, name).and_then(int);
+            Ok(GroupInfo {
+                name: field(&kv, "name")
+                    .and_then(string)
+                    .ok_or_else(|| protocol("group name"))?,
+                consumers: num("consumers").unwrap_or(0),
+                pending: num("pending").unwrap_or(0),
+                last_delivered: field(&kv, "last-delivered-id")
+                    .map(message_id)
+                    .transpose()?
+                    .unwrap_or_default(),
+                lag: num("lag"),
+            })
+        })
+        .collect()
+}
+
+/// `XINFO STREAM` plus its groups.
+pub(crate) fn stream_info(stream: &Value, groups_reply: &Value) -> Result<StreamInfo> {
+    let kv = pairs(stream).ok_or_else(|| protocol("XINFO STREAM is not a map"))?;
+    let edge = |name| -> Result<Option<MessageId>> {
+        match field(&kv, name) {
+            None | Some(Value::Nil) => Ok(None),
+            Some(e) => Ok(Some(entry(e, 0)?.id)),
+        }
+    };
+    Ok(StreamInfo {
+        length: field(&kv, "length")
+            .and_then(int)
+            .ok_or_else(|| protocol("XINFO STREAM length"))?,
+        first_id: edge("first-entry")?,
+        last_id: edge("last-entry")?,
+        groups: groups(groups_reply)?,
+    })
+}
+
+/// The largest pending count over the groups of an `XINFO GROUPS` reply.
+pub(crate) fn max_pending(groups_reply: &Value) -> u64 {
+    groups(groups_reply)
+        .map(|g| g.iter().map(|g| g.pending).max().unwrap_or(0))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn read_reply_resp2_and_resp3() {
+        let e = Value::Array(vec![
+            b("1-1"),
+            Value::Array(vec![b("env"), b("xyz"), b("other"), b("1")]),
+        ]);
+        let r2 = Value::Array(vec![Value::Array(vec![b("s"), Value::Array(vec![e.clone()])])]);
+        let r3 = Value::Map(vec![(b("s"), Value::Array(vec![e]))]);
+        for r in [r2, r3] {
+            let d = read_reply(&r).unwrap();
+            assert_eq!(d[0].id, MessageId { ms: 1, seq: 1 });
+            assert_eq!(&d[0].body[..], b"xyz");
+        }
+        assert!(read_reply(&Value::Nil).unwrap().is_empty());
+    }
+
+    #[test]
+    fn odd_shapes_are_errors_or_empty_bodies() {
+        assert!(read_reply(&Value::Int(3)).is_err());
+        assert!(read_reply(&Value::Array(vec![b("s")])).is_err());
+        let no_body = Value::Array(vec![b("2-0"), Value::Array(vec![b("foreign"), b("1")])]);
+        let d = entry(&no_body, 1).unwrap();
+        assert!(d.body.is_empty());
+        assert!(d.envelope().unwrap_err().to_string().contains("2-0"));
+        assert!(entry(&Value::Array(vec![b("x"), Value::Nil]), 1).is_err());
+        assert!(
+            pending_summary(&Value::Array(vec![
+                Value::Int(0),
+                Value::Nil,
+                Value::Nil,
+                Value::Nil
+            ]))
+            .unwrap()
+            .count
+                == 0
+        );
+    }
+}

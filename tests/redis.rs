@@ -1,0 +1,180 @@
+//! The conformance suites against a real, private redis-server, under Tokio
+//! and async-std / smol; plus the Redis-specific behaviour the reference
+//! design relies on.
+#![cfg(all(feature = "redis", feature = "testkit"))]
+
+mod support;
+
+use fleetwire::{
+    redis::RedisBackend,
+    testkit::{self, RealTime},
+    ErrorKind, EventBus, GroupName, Instance, InstanceId, LivenessStore, RegistryStore, ServiceName,
+    StartFrom, Status, StreamName,
+};
+use support::RedisServer;
+
+fn backend(server: &RedisServer) -> RedisBackend {
+    RedisBackend::builder()
+        .url(server.url())
+        .namespace("sg")
+        .max_len(200)
+        .build()
+        .expect("backend")
+}
+
+async fn all_suites(server: &RedisServer) {
+    let redis = backend(server);
+    let reports = [
+        (
+            "registry",
+            testkit::registry::run(&redis.registry(), &RealTime).await,
+        ),
+        (
+            "liveness",
+            testkit::liveness::run(&redis.liveness(), &RealTime).await,
+        ),
+        ("bus", testkit::bus::run(&redis.bus(), &RealTime).await),
+    ];
+    for (name, r) in &reports {
+        println!("{name}:\n{r}");
+        r.assert_all_passed();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_tokio() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    all_suites(&server).await;
+}
+
+#[cfg(feature = "rt-async-std")]
+#[test]
+fn conformance_on_async_std() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    async_std::task::block_on(all_suites(&server));
+}
+
+#[cfg(feature = "rt-smol")]
+#[test]
+fn conformance_on_smol() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    smol::block_on(all_suites(&server));
+}
+
+#[tokio::test]
+async fn reference_written_key_is_listed() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let reply = server.cmd(&[
+        "SET",
+        "sg:registry:service:gateway:gw-1",
+        r#"{"status":"running"}"#,
+        "EX",
+        "15",
+    ]);
+    assert!(reply.starts_with("+OK"), "{reply}");
+    let listed = backend(&server).registry().list(None).await.unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        (listed[0].service.as_str(), listed[0].id.as_str()),
+        ("gateway", "gw-1")
+    );
+    assert_eq!(listed[0].status, Status::Running);
+}
+
+#[tokio::test]
+async fn fleetwire_entry_reads_back_with_the_reference_key_and_json() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let reg = backend(&server).registry();
+    let inst = Instance::new(
+        ServiceName::new("inference").unwrap(),
+        InstanceId::new("inf-7").unwrap(),
+        Status::Starting,
+    );
+    reg.register(&inst, std::time::Duration::from_secs(15))
+        .await
+        .unwrap();
+    let raw = server.cmd(&["GET", "sg:registry:service:inference:inf-7"]);
+    assert!(raw.ends_with("{\"status\":\"starting\"}\r\n"), "{raw}");
+    let ttl: i64 = server
+        .cmd(&["PTTL", "sg:registry:service:inference:inf-7"])
+        .trim_start_matches(':')
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(ttl > 14_000 && ttl <= 15_000, "PTTL {ttl}");
+}
+
+#[tokio::test]
+async fn ensure_group_on_a_key_of_the_wrong_type_is_an_error() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    server.cmd(&["SET", "not-a-stream", "x"]);
+    let bus = backend(&server).bus();
+    let err = bus
+        .ensure_group(
+            &StreamName::new("not-a-stream").unwrap(),
+            &GroupName::new("g").unwrap(),
+            StartFrom::Latest,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("not-a-stream"), "{err}");
+}
+
+#[tokio::test]
+async fn a_stopped_server_gives_temporary_errors_and_recovery_needs_no_rebuild() {
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let redis = backend(&server);
+    let (reg, live, bus) = (redis.registry(), redis.liveness(), redis.bus());
+    let id = InstanceId::new("r-1").unwrap();
+    reg.ping().await.unwrap();
+    server.stop();
+    let err = reg.ping().await.unwrap_err();
+    assert!(err.is_temporary(), "{err:?}");
+    let err = live.is_alive_batch(std::slice::from_ref(&id)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable);
+    let err = bus
+        .publish(&StreamName::new("s").unwrap(), &fleetwire::Envelope::new("x"))
+        .await
+        .unwrap_err();
+    assert!(err.is_temporary(), "{err:?}");
+    assert!(err.to_string().contains("publish to stream `s` failed"), "{err}");
+    server.restart();
+    let mut ok = false;
+    for _ in 0..50 {
+        if reg.ping().await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ok, "backend did not reconnect after the server came back");
+    live.touch(&id, std::time::Duration::from_secs(5)).await.unwrap();
+    assert_eq!(live.is_alive_batch(&[id]).await.unwrap(), [true]);
+}
+
+#[tokio::test]
+async fn password_never_shows() {
+    let b = RedisBackend::builder()
+        .url("redis://:hunter2@127.0.0.1:1")
+        .build()
+        .unwrap();
+    assert!(!format!("{b:?}").contains("hunter2"));
+    let err = b.ping().await.unwrap_err();
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    assert!(!format!("{:?}", RedisBackend::builder().url("redis://:hunter2@h")).contains("hunter2"));
+}

@@ -1,0 +1,157 @@
+//! A private `redis-server` per test binary: free port, temp dir, log file,
+//! killed on drop. In CI a missing `redis-server` fails the run; locally the
+//! tests that need it say so loudly and return.
+#![allow(dead_code)]
+
+use std::{
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+pub struct RedisServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+fn answers_ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = [0u8; 16];
+    s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+}
+
+impl RedisServer {
+    /// Start one, or `None` (with a loud message) when `redis-server` is
+    /// missing outside CI. In CI (`CI` set) a missing server panics.
+    pub fn start() -> Option<Self> {
+        if Command::new("redis-server").arg("--version").output().is_err() {
+            if std::env::var_os("CI").is_some() {
+                panic!("redis-server is not installed, and CI is set: the Redis tests cannot run");
+            }
+            eprintln!(
+                "\n!!! redis-server not found: SKIPPING the Redis tests (install it to run them) !!!\n"
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        for _ in 0..5 {
+            let mut server = Self {
+                port: free_port(),
+                dir: tempfile::tempdir().expect("temp dir"),
+                child: None,
+            };
+            if server.spawn() {
+                return Some(server);
+            }
+            // Another process took the port between our probe and the bind: try another.
+        }
+        drop(dir);
+        panic!("redis-server did not come up on any of 5 ports");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> PathBuf {
+        self.dir.path().join("redis.log")
+    }
+
+    fn spawn(&mut self) -> bool {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .arg("--logfile")
+            .arg(self.log())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if answers_ping(self.port) {
+                return true;
+            }
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stop();
+        false
+    }
+
+    /// Kill the server (to test outages); `restart` brings it back on the same port.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.stop();
+        assert!(self.spawn(), "redis-server did not restart on port {}", self.port);
+    }
+
+    /// Run a command with redis-cli-free raw RESP, returning the raw reply.
+    pub fn cmd(&self, args: &[&str]) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).expect("write");
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 65536];
+        // One read suffices for the small replies the tests ask for.
+        let n = s.read(&mut buf).expect("read");
+        out.extend_from_slice(&buf[..n]);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// `INFO commandstats` calls of `command` (lowercase), e.g. `xadd`.
+    pub fn calls(&self, command: &str) -> u64 {
+        let info = self.cmd(&["INFO", "commandstats"]);
+        let tag = format!("cmdstat_{command}:calls=");
+        info.lines()
+            .find_map(|l| {
+                l.strip_prefix(&tag)
+                    .and_then(|r| r.split(',').next())
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
