@@ -63,8 +63,10 @@ mod liveness;
 pub mod monitor;
 mod name;
 mod registry;
+pub mod request;
 pub(crate) mod rt;
 pub mod service;
+pub mod topology;
 
 #[cfg(feature = "http")]
 pub mod http;

@@ -31,6 +31,10 @@ async fn all_suites() {
     let report = testkit::bus::run(&bus, &c).await;
     println!("bus:\n{report}");
     report.assert_all_passed();
+
+    let report = testkit::topology::run(Arc::new(MemoryBus::new())).await;
+    println!("topology:\n{report}");
+    report.assert_all_passed();
 }
 
 #[tokio::test]
@@ -150,4 +154,41 @@ async fn concurrent_publishers_and_consumers_lose_nothing() {
         "every entry delivered exactly once"
     );
     assert_eq!(bus.pending(&s, &g).await.unwrap().count, 0);
+}
+
+#[path = "support/logs.rs"]
+mod logs;
+
+#[tokio::test(flavor = "current_thread")]
+async fn backlog_warning_at_cap_is_logged_at_most_once_per_interval() {
+    use fleetwire::{BacklogPolicy, Envelope, StreamName};
+    use std::time::Duration;
+    let logs = logs::EventCounter::default();
+    let _guard = logs.install();
+    let c = clock();
+    let bus = MemoryBus::builder()
+        .clock(Arc::new(c.clone()))
+        .max_len(50)
+        .backlog_policy(BacklogPolicy::default())
+        .build();
+    let s = StreamName::new("capped").unwrap();
+    for _ in 0..40 {
+        bus.publish(&s, &Envelope::new("x")).await.unwrap();
+    }
+    assert_eq!(
+        logs.count("stream_backlog_high"),
+        0,
+        "warned at 80% of the cap, not above"
+    );
+    for _ in 0..200 {
+        bus.publish(&s, &Envelope::new("x")).await.unwrap();
+    }
+    assert_eq!(logs.count("stream_backlog_high"), 1);
+    c.advance(Duration::from_secs(31));
+    bus.publish(&s, &Envelope::new("x")).await.unwrap();
+    assert_eq!(
+        logs.count("stream_backlog_high"),
+        2,
+        "warns again after the interval"
+    );
 }

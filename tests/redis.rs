@@ -34,6 +34,10 @@ async fn all_suites(server: &RedisServer) {
             testkit::liveness::run(&redis.liveness(), &RealTime).await,
         ),
         ("bus", testkit::bus::run(&redis.bus(), &RealTime).await),
+        (
+            "topology",
+            testkit::topology::run(std::sync::Arc::new(redis.bus())).await,
+        ),
     ];
     for (name, r) in &reports {
         println!("{name}:\n{r}");
@@ -177,4 +181,68 @@ async fn password_never_shows() {
     let err = b.ping().await.unwrap_err();
     assert!(!err.to_string().contains("hunter2"), "{err}");
     assert!(!format!("{:?}", RedisBackend::builder().url("redis://:hunter2@h")).contains("hunter2"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn backlog_warning_at_cap_is_logged_at_most_once_per_interval() {
+    use fleetwire::BacklogPolicy;
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let logs = support::logs::EventCounter::default();
+    let _guard = logs.install();
+    let mut policy = BacklogPolicy::default();
+    policy.sample_every = std::time::Duration::ZERO;
+    policy.warn_every = std::time::Duration::from_secs(60);
+    let bus = RedisBackend::builder()
+        .url(server.url())
+        .max_len(50)
+        .backlog_policy(policy)
+        .build()
+        .unwrap()
+        .bus();
+    let s = StreamName::new("capped").unwrap();
+    for _ in 0..30 {
+        bus.publish(&s, &fleetwire::Envelope::new("x")).await.unwrap();
+    }
+    assert_eq!(
+        logs.count("stream_backlog_high"),
+        0,
+        "warned below 80% of the cap"
+    );
+    for _ in 0..200 {
+        bus.publish(&s, &fleetwire::Envelope::new("x")).await.unwrap();
+    }
+    assert_eq!(
+        logs.count("stream_backlog_high"),
+        1,
+        "a stream at its cap warns once per interval"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn publish_is_one_command_and_the_guard_rides_along_at_most_once_a_second() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let bus = backend(&server).bus();
+    let s = StreamName::new("counted").unwrap();
+    let before = ["xadd", "xlen", "xinfo|groups"].map(|c| server.calls(c));
+    let start = std::time::Instant::now();
+    for _ in 0..500 {
+        bus.publish(&s, &fleetwire::Envelope::new("x")).await.unwrap();
+    }
+    let secs = start.elapsed().as_secs() + 1;
+    let after = ["xadd", "xlen", "xinfo|groups"].map(|c| server.calls(c));
+    let [xadd, xlen, xinfo] = [0, 1, 2].map(|i| after[i] - before[i]);
+    println!(
+        "500 publishes in {:?}: {xadd} XADD, {xlen} XLEN, {xinfo} XINFO GROUPS",
+        start.elapsed()
+    );
+    assert_eq!(xadd, 500);
+    assert!(
+        xlen <= secs && xinfo <= secs,
+        "guard sampled {xlen}/{xinfo} times in {secs} s"
+    );
+    assert!(xlen >= 1, "the guard never sampled");
 }

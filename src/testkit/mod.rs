@@ -14,6 +14,7 @@ pub mod bus;
 pub mod lifecycle;
 pub mod liveness;
 pub mod registry;
+pub mod topology;
 
 use async_trait::async_trait;
 use std::{fmt, future::Future, time::Duration};

@@ -3,6 +3,8 @@
 //! tests that need it say so loudly and return.
 #![allow(dead_code)]
 
+pub mod logs;
+
 use std::{
     io::{Read, Write},
     net::{TcpListener, TcpStream},
