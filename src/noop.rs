@@ -29,7 +29,7 @@ impl RegistryStore for NoopRegistry {
     async fn deregister(&self, _: &ServiceName, _: &InstanceId) -> Result<()> {
         Ok(())
     }
-    async fn list(&self, _: Option<&ServiceName>) -> Result<Vec<Instance>> {
+    async fn list<'a>(&self, _: Option<&'a ServiceName>) -> Result<Vec<Instance>> {
         Ok(Vec::new())
     }
     async fn ping(&self) -> Result<()> {

@@ -138,7 +138,7 @@ pub trait RegistryStore: Send + Sync + fmt::Debug {
     /// Remove the entry.
     async fn deregister(&self, service: &ServiceName, id: &InstanceId) -> Result<()>;
     /// Alive instances of `service`, or of every service when `None`.
-    async fn list(&self, service: Option<&ServiceName>) -> Result<Vec<Instance>>;
+    async fn list<'a>(&self, service: Option<&'a ServiceName>) -> Result<Vec<Instance>>;
     /// Check that the store answers.
     async fn ping(&self) -> Result<()>;
     /// What this backend can do.

@@ -111,7 +111,7 @@ impl RegistryStore for Broken<(MemoryRegistry, MemoryRegistry)> {
         self.inner.1.deregister(s, id).await?;
         self.inner.0.deregister(s, id).await
     }
-    async fn list(&self, s: Option<&ServiceName>) -> Result<Vec<Instance>> {
+    async fn list<'a>(&self, s: Option<&'a ServiceName>) -> Result<Vec<Instance>> {
         if self.sabotage == Sabotage::ListShowsExpired {
             return self.inner.1.list(s).await;
         }

@@ -35,6 +35,12 @@ async fn all_suites() {
     let report = testkit::topology::run(Arc::new(MemoryBus::new())).await;
     println!("topology:\n{report}");
     report.assert_all_passed();
+
+    let down = MemoryRegistry::new();
+    down.set_available(false);
+    let report = testkit::lifecycle::run(Arc::new(MemoryRegistry::new()), Arc::new(down)).await;
+    println!("lifecycle:\n{report}");
+    report.assert_all_passed();
 }
 
 #[tokio::test]

@@ -22,6 +22,20 @@ fn backend(server: &RedisServer) -> RedisBackend {
         .expect("backend")
 }
 
+/// A backend pointed at a port nothing listens on.
+fn unreachable() -> RedisBackend {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    RedisBackend::builder()
+        .url(format!("redis://127.0.0.1:{port}"))
+        .connect_timeout(std::time::Duration::from_millis(300))
+        .build()
+        .expect("backend")
+}
+
 async fn all_suites(server: &RedisServer) {
     let redis = backend(server);
     let reports = [

@@ -100,7 +100,7 @@ impl RegistryStore for MemoryRegistry {
         Ok(())
     }
 
-    async fn list(&self, service: Option<&ServiceName>) -> Result<Vec<Instance>> {
+    async fn list<'a>(&self, service: Option<&'a ServiceName>) -> Result<Vec<Instance>> {
         self.outage.check(|| "list registry".to_string())?;
         let now = self.clock.now_ms();
         let mut entries = self.entries.lock();

@@ -166,7 +166,7 @@ impl RegistryStore for RedisRegistry {
             .map_err(|e| map_err(e, format!("deregister `{service}`/`{id}`")))
     }
 
-    async fn list(&self, service: Option<&ServiceName>) -> Result<Vec<Instance>> {
+    async fn list<'a>(&self, service: Option<&'a ServiceName>) -> Result<Vec<Instance>> {
         let mut conn = self.conn.manager();
         self.adopt_legacy_keys(&mut conn).await?;
         let services: Vec<ServiceName> = match service {

@@ -17,6 +17,8 @@ mod signal;
 pub(crate) use signal::shutdown_signal;
 
 /// The executor fleetwire's background tasks run on.
+// Which variants can be picked depends on the features on (async-std shadows smol).
+#[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Runtime {
     #[cfg(feature = "rt-tokio")]
@@ -96,6 +98,11 @@ pub(crate) fn spawn<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'st
     let (remote, handle) = fut.remote_handle();
     Runtime::current().spawn_detached(remote);
     TaskHandle { handle }
+}
+
+/// Spawn `fut` on the current runtime and let it run to its end.
+pub(crate) fn spawn_detached(fut: impl Future<Output = ()> + Send + 'static) {
+    Runtime::current().spawn_detached(fut);
 }
 
 /// Sleep on the current runtime.

@@ -1,1 +1,125 @@
-//! Service lifecycle (filled in below).
+//! The service lifecycle: one boot and shutdown path for every process,
+//! whichever backends it runs on.
+//!
+//! Boot: jitter → store ping gate → [`Service::on_start`] → register as
+//! `starting` → heartbeat loop (first tick re-registers as `running`; a
+//! missing entry is registered again) → health server → [`Service::run`].
+//!
+//! Shutdown, on SIGTERM / SIGINT, [`Shutdown::trigger`] or when `run`
+//! returns: stop background tasks → health not ready, server stopped →
+//! deregister → [`Service::on_stop`]. Registry failures after boot are
+//! logged, never fatal.
+
+mod heartbeat;
+mod lifecycle;
+
+pub(crate) use heartbeat::health_pattern;
+pub use lifecycle::{Lifecycle, LifecycleBuilder};
+
+use crate::{error::Result, health::Health, InstanceId, ServiceName};
+use async_trait::async_trait;
+use event_listener::Event;
+use std::{
+    fmt,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Instant,
+};
+
+/// What a process does; the [`Lifecycle`] calls each hook once.
+#[async_trait]
+pub trait Service: Send + Sync {
+    /// Stand up what `run` needs; runs after the store ping gate, before
+    /// registration. An error aborts boot: nothing is registered and
+    /// `on_stop` is not called.
+    async fn on_start(&self, ctx: &Context) -> Result<()>;
+    /// The service's work; return when [`Context::stopped`] resolves.
+    async fn run(&self, ctx: &Context) -> Result<()>;
+    /// Release what `on_start` and `run` stood up; runs after deregistration.
+    async fn on_stop(&self, ctx: &Context) -> Result<()>;
+}
+
+/// A one-way switch that tells every part of a process to stop.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    inner: Arc<(AtomicBool, Event)>,
+}
+
+impl fmt::Debug for Shutdown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shutdown")
+            .field("triggered", &self.is_triggered())
+            .finish()
+    }
+}
+
+impl Shutdown {
+    /// Ask everything watching to stop. Idempotent.
+    pub fn trigger(&self) {
+        self.inner.0.store(true, Ordering::SeqCst);
+        self.inner.1.notify(usize::MAX);
+    }
+
+    /// Whether `trigger` was called.
+    pub fn is_triggered(&self) -> bool {
+        self.inner.0.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once `trigger` was called.
+    pub async fn wait(&self) {
+        loop {
+            if self.is_triggered() {
+                return;
+            }
+            let listener = self.inner.1.listen();
+            if self.is_triggered() {
+                return;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// What a [`Service`] hook sees of its process.
+#[derive(Debug, Clone)]
+pub struct Context {
+    service: ServiceName,
+    instance: InstanceId,
+    health: Health,
+    shutdown: Shutdown,
+    started: Instant,
+}
+
+impl Context {
+    /// This process's service name.
+    pub fn service(&self) -> &ServiceName {
+        &self.service
+    }
+
+    /// This process's instance id.
+    pub fn instance(&self) -> &InstanceId {
+        &self.instance
+    }
+
+    /// The shared health state (add readiness checks here).
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The shutdown switch of this process.
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
+    /// Resolves when the process is asked to stop.
+    pub async fn stopped(&self) {
+        self.shutdown.wait().await
+    }
+
+    /// Time since the lifecycle started.
+    pub fn uptime(&self) -> std::time::Duration {
+        self.started.elapsed()
+    }
+}
