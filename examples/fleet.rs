@@ -14,7 +14,7 @@ use fleetwire::{
     request::{self, RequestClient},
     service::{Context, Lifecycle, Service},
     topology::{Role, Topology},
-    ConsumerName, Envelope, EventBus, EventBusExt, InstanceId, ReadOptions, RegistryStore, Result,
+    ConsumerName, Envelope, EventBus, EventBusExt, ReadOptions, RegistryStore, Result,
 };
 use std::{
     sync::{
@@ -235,8 +235,9 @@ async fn print_table(
     let alive = registry.list(None).await?;
     let backlog = bus.backlog(&topology.inbound, &topology.worker_group).await?;
     println!(
-        "\n{:<10} {:<8} {:>8}  {}",
-        "worker", "status", "seen(s)", "alive instances"
+        "
+{:<10} {:<8} {:>8}  alive instances",
+        "worker", "status", "seen(s)"
     );
     for row in monitor.snapshot() {
         let ids: Vec<_> = alive

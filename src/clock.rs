@@ -75,7 +75,3 @@ pub type SharedClock = Arc<dyn Clock>;
 pub fn system() -> SharedClock {
     Arc::new(SystemClock)
 }
-
-pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
-    (ttl.as_millis() as u64).max(1)
-}

@@ -115,6 +115,7 @@ impl Error {
         Self::new(ErrorKind::Codec, context)
     }
 
+    #[cfg_attr(not(any(feature = "memory", feature = "redis")), allow(dead_code))]
     pub(crate) fn not_found(context: impl Into<String>) -> Self {
         Self::new(ErrorKind::NotFound, context)
     }

@@ -52,6 +52,14 @@ async fn all_suites(server: &RedisServer) {
             "topology",
             testkit::topology::run(std::sync::Arc::new(redis.bus())).await,
         ),
+        (
+            "lifecycle",
+            testkit::lifecycle::run(
+                std::sync::Arc::new(redis.registry()),
+                std::sync::Arc::new(unreachable().registry()),
+            )
+            .await,
+        ),
     ];
     for (name, r) in &reports {
         println!("{name}:\n{r}");

@@ -1,6 +1,6 @@
 use super::Outage;
 use crate::{
-    bus::{BacklogGuard, BusConfig},
+    backend_support::{BacklogGuard, BusConfig},
     clock::{self, SharedClock},
     error::{Error, Result},
     name::{ConsumerName, GroupName, StreamName, Topic, TopicPattern},

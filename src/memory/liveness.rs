@@ -57,7 +57,7 @@ impl LivenessStore for MemoryLiveness {
         if map.len() % 1024 == 1023 {
             map.retain(|_, exp| *exp > now);
         }
-        map.insert(id.clone(), now + clock::ttl_ms(ttl));
+        map.insert(id.clone(), now + crate::backend_support::ttl_ms(ttl));
         Ok(())
     }
 

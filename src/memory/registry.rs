@@ -76,7 +76,7 @@ impl RegistryStore for MemoryRegistry {
         }
         entries.insert(
             (instance.service.clone(), instance.id.clone()),
-            (instance.clone(), now + clock::ttl_ms(ttl)),
+            (instance.clone(), now + crate::backend_support::ttl_ms(ttl)),
         );
         Ok(())
     }
@@ -87,7 +87,7 @@ impl RegistryStore for MemoryRegistry {
         let mut entries = self.entries.lock();
         match entries.get_mut(&(service.clone(), id.clone())) {
             Some((_, exp)) if *exp > now => {
-                *exp = now + clock::ttl_ms(ttl);
+                *exp = now + crate::backend_support::ttl_ms(ttl);
                 Ok(true)
             }
             _ => Ok(false),

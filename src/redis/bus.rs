@@ -5,7 +5,7 @@ use super::{
     Conn,
 };
 use crate::{
-    bus::{BacklogGuard, BusConfig},
+    backend_support::{BacklogGuard, BusConfig},
     clock,
     error::{Error, Result},
     name::{ConsumerName, GroupName, StreamName, Topic, TopicPattern},

@@ -1,5 +1,5 @@
 use super::{connection::map_err, keys::Keys, Conn};
-use crate::{clock, error::Result, name::InstanceId, ErrorKind, LivenessStore};
+use crate::{error::Result, name::InstanceId, ErrorKind, LivenessStore};
 use async_trait::async_trait;
 use std::{sync::Arc, time::Duration};
 
@@ -33,7 +33,7 @@ impl LivenessStore for RedisLiveness {
             .arg(self.keys.liveness(id))
             .arg(1)
             .arg("PX")
-            .arg(clock::ttl_ms(ttl))
+            .arg(crate::backend_support::ttl_ms(ttl))
             .query_async::<()>(&mut self.conn.manager())
             .await
             .map_err(|e| map_err(e, format!("liveness touch of `{id}`")))

@@ -29,7 +29,8 @@ pub use liveness::RedisLiveness;
 pub use registry::RedisRegistry;
 
 use crate::{
-    bus::{BacklogPolicy, BusConfig},
+    backend_support::BusConfig,
+    bus::BacklogPolicy,
     envelope::Codec,
     error::{Error, Result},
     name::StreamName,

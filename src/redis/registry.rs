@@ -1,6 +1,5 @@
 use super::{connection::map_err, keys::Keys, Conn};
 use crate::{
-    clock,
     error::Result,
     name::{InstanceId, ServiceName},
     Capabilities, Instance, RegistryStore,
@@ -127,7 +126,7 @@ impl RegistryStore for RedisRegistry {
             .arg(self.keys.instance(s, i))
             .arg(instance.to_json())
             .arg("PX")
-            .arg(clock::ttl_ms(ttl))
+            .arg(crate::backend_support::ttl_ms(ttl))
             .ignore()
             .cmd("SADD")
             .arg(self.keys.index(s))
@@ -145,7 +144,7 @@ impl RegistryStore for RedisRegistry {
     async fn heartbeat(&self, service: &ServiceName, id: &InstanceId, ttl: Duration) -> Result<bool> {
         redis::cmd("PEXPIRE")
             .arg(self.keys.instance(service, id))
-            .arg(clock::ttl_ms(ttl))
+            .arg(crate::backend_support::ttl_ms(ttl))
             .query_async(&mut self.conn.manager())
             .await
             .map_err(|e| map_err(e, format!("heartbeat `{service}`/`{id}`")))

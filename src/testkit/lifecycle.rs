@@ -1,4 +1,4 @@
-//! Conformance of the [`Lifecycle`](crate::service::Lifecycle) on a registry backend.
+//! Conformance of the [`crate::service::Lifecycle`] on a registry backend.
 //!
 //! The cases run the real lifecycle against the registry under test and
 //! record, from inside each hook, what the registry shows at that moment.

@@ -10,12 +10,13 @@ use std::{sync::Arc, time::Duration};
 
 fn topology() -> Topology {
     let p = unique("tk");
-    let mut t = Topology::default();
-    t.inbound = StreamName::new(format!("{p}:stream:inbound")).expect("valid");
-    t.outbound_prefix = format!("{p}:stream:outbound");
-    t.tools = StreamName::new(format!("{p}:stream:tools")).expect("valid");
-    t.tools_reply_prefix = format!("{p}:tools:reply");
-    t
+    Topology {
+        inbound: StreamName::new(format!("{p}:stream:inbound")).expect("valid"),
+        outbound_prefix: format!("{p}:stream:outbound"),
+        tools: StreamName::new(format!("{p}:stream:tools")).expect("valid"),
+        tools_reply_prefix: format!("{p}:tools:reply"),
+        ..Topology::default()
+    }
 }
 
 /// Run the topology and request/reply cases against `bus`.
