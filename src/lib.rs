@@ -94,6 +94,11 @@ pub use name::{
 };
 pub use registry::{Instance, RegistryStore, Status};
 
+// The README's example compiles (doctests only).
+#[cfg(all(doctest, feature = "redis", feature = "http", feature = "rt-tokio"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;
+
 /// mockall mocks of every contract, for users' unit tests.
 #[cfg(feature = "mock")]
 pub mod mock {
