@@ -268,3 +268,26 @@ async fn publish_is_one_command_and_the_guard_rides_along_at_most_once_a_second(
     );
     assert!(xlen >= 1, "the guard never sampled");
 }
+
+#[tokio::test]
+async fn password_urls_work_and_the_password_never_shows() {
+    let Some(server) = RedisServer::start_with(&["--requirepass", "s3cr3t-pw"]) else {
+        return;
+    };
+    let good = RedisBackend::builder()
+        .url(format!("redis://:s3cr3t-pw@127.0.0.1:{}", server.port))
+        .build()
+        .unwrap();
+    good.ping().await.unwrap();
+    good.registry().ping().await.unwrap();
+    let bad = RedisBackend::builder()
+        .url(format!("redis://:wrong-pw@127.0.0.1:{}", server.port))
+        .build()
+        .unwrap();
+    let err = bad.ping().await.unwrap_err();
+    assert!(
+        !err.to_string().contains("wrong-pw") && !format!("{err:?}").contains("wrong-pw"),
+        "{err:?}"
+    );
+    assert!(!format!("{good:?}").contains("s3cr3t-pw"));
+}

@@ -17,6 +17,7 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -31,14 +32,21 @@ fn answers_ping(port: u16) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-    let mut buf = [0u8; 16];
-    s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
+    let mut buf = [0u8; 64];
+    s.write_all(b"PING\r\n").is_ok()
+        && s.read(&mut buf)
+            .is_ok_and(|n| buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
 }
 
 impl RedisServer {
     /// Start one, or `None` (with a loud message) when `redis-server` is
     /// missing outside CI. In CI (`CI` set) a missing server panics.
     pub fn start() -> Option<Self> {
+        Self::start_with(&[])
+    }
+
+    /// Start one with extra `redis-server` arguments (e.g. `--requirepass`).
+    pub fn start_with(extra: &[&str]) -> Option<Self> {
         if Command::new("redis-server").arg("--version").output().is_err() {
             if std::env::var_os("CI").is_some() {
                 panic!("redis-server is not installed, and CI is set: the Redis tests cannot run");
@@ -48,19 +56,18 @@ impl RedisServer {
             );
             return None;
         }
-        let dir = tempfile::tempdir().expect("temp dir");
         for _ in 0..5 {
             let mut server = Self {
                 port: free_port(),
                 dir: tempfile::tempdir().expect("temp dir"),
                 child: None,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
             };
             if server.spawn() {
                 return Some(server);
             }
             // Another process took the port between our probe and the bind: try another.
         }
-        drop(dir);
         panic!("redis-server did not come up on any of 5 ports");
     }
 
@@ -88,6 +95,7 @@ impl RedisServer {
             .arg(self.dir.path())
             .arg("--logfile")
             .arg(self.log())
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
