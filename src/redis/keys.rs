@@ -55,6 +55,16 @@ impl Keys {
         format!("{}:liveness:{id}", self.ns)
     }
 
+    /// The liveness keys of `ids` as command arguments, each written straight
+    /// into the command buffer (no `String` per key on the batch path).
+    pub(crate) fn liveness_args<'a>(&'a self, ids: &'a [InstanceId]) -> PrefixedArgs<'a> {
+        PrefixedArgs {
+            ns: &self.ns,
+            infix: ":liveness:",
+            ids,
+        }
+    }
+
     pub(crate) fn topic_prefix(&self) -> String {
         format!("{}:topic:", self.ns)
     }
@@ -67,6 +77,26 @@ impl Keys {
     /// filtered again with [`TopicPattern::matches`].
     pub(crate) fn topic_pattern(&self, pattern: &TopicPattern) -> String {
         format!("{}:topic:{pattern}", self.ns)
+    }
+}
+
+/// `{ns}{infix}{id}` for each id, as separate Redis arguments.
+pub(crate) struct PrefixedArgs<'a> {
+    ns: &'a str,
+    infix: &'static str,
+    ids: &'a [InstanceId],
+}
+
+impl redis::ToRedisArgs for PrefixedArgs<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write;
+        for id in self.ids {
+            let mut w = out.writer_for_next_arg();
+            // Writing into the command's own buffer cannot fail.
+            let _ = w.write_all(self.ns.as_bytes());
+            let _ = w.write_all(self.infix.as_bytes());
+            let _ = w.write_all(id.as_str().as_bytes());
+        }
     }
 }
 
@@ -86,5 +116,11 @@ mod tests {
         assert_eq!(k.parse_instance("sg:registry:service:gateway:gw:1"), None);
         assert_eq!(k.parse_instance("xx:registry:service:gateway:gw-1"), None);
         assert!(Keys::new("a*b").is_err());
+        let ids = [InstanceId::new("a").unwrap(), InstanceId::new("b").unwrap()];
+        let args = redis::ToRedisArgs::to_redis_args(&k.liveness_args(&ids));
+        assert_eq!(
+            args,
+            [k.liveness(&ids[0]).into_bytes(), k.liveness(&ids[1]).into_bytes()]
+        );
     }
 }

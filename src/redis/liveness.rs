@@ -22,6 +22,15 @@ impl RedisLiveness {
     }
 }
 
+/// Whether an `MGET` slot held a value; the value itself is not kept.
+struct Present(bool);
+
+impl redis::FromRedisValue for Present {
+    fn from_redis_value(v: redis::Value) -> Result<Self, redis::ParsingError> {
+        Ok(Self(!matches!(v, redis::Value::Nil)))
+    }
+}
+
 #[async_trait]
 impl LivenessStore for RedisLiveness {
     fn available(&self) -> bool {
@@ -43,20 +52,26 @@ impl LivenessStore for RedisLiveness {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut p = redis::pipe();
-        for chunk in ids.chunks(MGET_CHUNK) {
-            p.cmd("MGET")
-                .arg(chunk.iter().map(|id| self.keys.liveness(id)).collect::<Vec<_>>());
-        }
-        let values: Vec<Vec<redis::Value>> = p.query_async(&mut self.conn.manager()).await.map_err(|e| {
+        let unavailable = |e| {
             let e = map_err(e, format!("liveness check of {} ids", ids.len()));
             crate::Error::new(ErrorKind::Unavailable, e.to_string()).with_source(e)
-        })?;
-        let alive: Vec<bool> = values
-            .into_iter()
-            .flatten()
-            .map(|v| !matches!(v, redis::Value::Nil))
-            .collect();
+        };
+        let mut conn = self.conn.manager();
+        let alive: Vec<bool> = if ids.len() <= MGET_CHUNK {
+            let found: Vec<Present> = redis::cmd("MGET")
+                .arg(self.keys.liveness_args(ids))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            found.into_iter().map(|p| p.0).collect()
+        } else {
+            let mut p = redis::pipe();
+            for chunk in ids.chunks(MGET_CHUNK) {
+                p.cmd("MGET").arg(self.keys.liveness_args(chunk));
+            }
+            let found: Vec<Vec<Present>> = p.query_async(&mut conn).await.map_err(unavailable)?;
+            found.into_iter().flatten().map(|p| p.0).collect()
+        };
         if alive.len() != ids.len() {
             return Err(crate::Error::new(
                 ErrorKind::Unavailable,
