@@ -131,7 +131,11 @@ impl Codec {
         if env.payload.len() > self.max_bytes {
             return Err(too_big(env.payload.len()));
         }
-        let mut buf = Vec::with_capacity(env.payload.len() + 64 + env.kind.len());
+        // Sized so the buffer never regrows: field names and msgpack headers fit in 96 bytes.
+        let headers: usize = env.headers.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
+        let hint =
+            96 + env.kind.len() + env.payload.len() + headers + env.trace_id.as_ref().map_or(0, String::len);
+        let mut buf = Vec::with_capacity(hint);
         rmp_serde::encode::write_named(&mut buf, env)
             .map_err(|e| Error::codec(format!("encode envelope `{}`", env.kind)).with_source(e))?;
         if buf.len() > self.max_bytes {

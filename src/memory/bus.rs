@@ -159,11 +159,16 @@ impl MemoryBus {
         ))
     }
 
-    fn append(&self, stream: &StreamName, bodies: Vec<Bytes>) -> Vec<MessageId> {
+    /// Append `bodies`, calling `on_id` with each new id in order.
+    fn append(
+        &self,
+        stream: &StreamName,
+        bodies: impl IntoIterator<Item = Bytes>,
+        mut on_id: impl FnMut(MessageId),
+    ) {
         let inner = &*self.inner;
         let now = inner.clock.now_ms();
         let max_len = inner.config.max_len_of(stream);
-        let mut ids = Vec::with_capacity(bodies.len());
         let (length, pending) = {
             let mut streams = inner.streams.lock();
             let st = match streams.get_mut(stream) {
@@ -178,7 +183,7 @@ impl MemoryBus {
                 };
                 st.last_id = id;
                 st.entries.push_back((id, body));
-                ids.push(id);
+                on_id(id);
             }
             let excess = st.entries.len().saturating_sub(max_len as usize);
             st.entries.drain(..excess);
@@ -186,7 +191,6 @@ impl MemoryBus {
         };
         inner.appended.notify(usize::MAX);
         inner.guard.observe(stream, now, length, pending, max_len);
-        ids
     }
 
     fn try_read(
@@ -269,7 +273,9 @@ impl EventBus for MemoryBus {
             .outage
             .check(|| format!("publish to stream `{stream}`"))?;
         let body = self.inner.config.codec.encode(envelope)?;
-        Ok(self.append(stream, vec![body])[0])
+        let mut id = MessageId::ZERO;
+        self.append(stream, [body], |new| id = new);
+        Ok(id)
     }
 
     async fn publish_batch(&self, stream: &StreamName, envelopes: &[Envelope]) -> Result<Vec<MessageId>> {
@@ -282,10 +288,11 @@ impl EventBus for MemoryBus {
             .iter()
             .map(|e| codec.encode(e))
             .collect::<Result<Vec<_>>>()?;
-        if bodies.is_empty() {
-            return Ok(Vec::new());
+        let mut ids = Vec::with_capacity(bodies.len());
+        if !bodies.is_empty() {
+            self.append(stream, bodies, |id| ids.push(id));
         }
-        Ok(self.append(stream, bodies))
+        Ok(ids)
     }
 
     async fn read(
