@@ -290,7 +290,7 @@ async fn demo(args: Args) -> Result<()> {
     let counters = Arc::new(Counters::default());
     let beat = Duration::from_secs(1);
     let monitor = Arc::new(FleetMonitor::new(["gateway", "worker", "tools", "billing"], beat));
-    let _monitor_task = monitor.start(bus.as_ref()).await?;
+    let _monitor_task = monitor.start(bus.clone()).await?;
 
     let health = Health::default();
     health.set_fleet(monitor.clone());

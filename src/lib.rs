@@ -13,7 +13,24 @@
 //! | [`EventBus`] | streams with consumer groups, ack, pending, reclaim, trimming; wildcard topics |
 //! | [`HealthServer`] | HTTP liveness / readiness / health / fleet for probes |
 //!
-//! The [`service::Lifecycle`] drives them through boot and graceful shutdown.
+//! The [`service::Lifecycle`] drives them through boot and graceful shutdown;
+//! [`monitor::FleetMonitor`] turns `system.{worker}.health` heartbeats into an
+//! ok / stale / unknown table; [`topology`] and [`request`] carry the stream
+//! layout and the request/reply pattern of the reference design.
+//!
+//! ## How the pieces fit
+//!
+//! - Contracts and their value types never import a backend; backends import
+//!   the contracts; the lifecycle only sees `Arc<dyn Trait>`, so a backend can
+//!   be picked from configuration at run time as well as by feature.
+//! - Every call returns [`Result`]; errors carry an [`ErrorKind`] and
+//!   [`Error::is_temporary`]. Best-effort policies (log a failed heartbeat and
+//!   carry on) live in the lifecycle, not in the stores.
+//! - What a backend cannot do is a [`Capabilities`] flag, which the
+//!   conformance suites read (`testkit`); the in-memory backends pass the same
+//!   suites as Redis.
+//! - Background tasks run on the caller's runtime: Tokio when one is current,
+//!   else async-std or smol as enabled, else one thread per task.
 //!
 //! ## Backends
 #![cfg_attr(

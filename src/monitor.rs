@@ -172,17 +172,37 @@ impl FleetMonitor {
     }
 
     /// Subscribe to `system.*.health` and `system.bus.health` on `bus` and
-    /// keep recording until the returned task is dropped.
-    pub async fn start(self: &Arc<Self>, bus: &dyn EventBus) -> Result<MonitorTask> {
-        let workers = bus.subscribe(&crate::service::health_pattern()).await?;
-        let bus_own = bus.subscribe(&TopicPattern::new("system.bus.health")?).await?;
+    /// keep recording until the returned task is dropped. When a
+    /// subscription ends (its connection dropped), it subscribes again.
+    pub async fn start(self: &Arc<Self>, bus: Arc<dyn EventBus>) -> Result<MonitorTask> {
+        // The first subscription is made before returning, so no heartbeat
+        // published after `start` is missed.
+        let first = subscribe_health(bus.as_ref()).await?;
         let me = self.clone();
         let task = rt::spawn(async move {
-            let mut events = futures_util::stream::select(workers, bus_own);
-            while let Some(ev) = events.next().await {
-                me.on_event(&ev);
+            let mut events = Some(first);
+            loop {
+                if let Some(mut stream) = events.take() {
+                    while let Some(ev) = stream.next().await {
+                        me.on_event(&ev);
+                    }
+                    tracing::warn!(event = "fleet_monitor_subscription_ended", "subscribing again");
+                }
+                rt::sleep(Duration::from_secs(1)).await;
+                match subscribe_health(bus.as_ref()).await {
+                    Ok(stream) => events = Some(stream),
+                    Err(e) => tracing::warn!(event = "fleet_monitor_subscribe_failed", error = %e),
+                }
             }
         });
         Ok(MonitorTask { _task: task })
     }
+}
+
+type HealthEvents = futures_util::stream::Select<crate::Subscription, crate::Subscription>;
+
+async fn subscribe_health(bus: &dyn EventBus) -> Result<HealthEvents> {
+    let workers = bus.subscribe(&crate::service::health_pattern()).await?;
+    let bus_own = bus.subscribe(&TopicPattern::new("system.bus.health")?).await?;
+    Ok(futures_util::stream::select(workers, bus_own))
 }

@@ -41,24 +41,18 @@ pub struct Instance {
     pub pid: Option<u32>,
     /// Start time in milliseconds since the Unix epoch, when known.
     pub started_at_ms: Option<u64>,
-    /// Anything else the instance publishes about itself.
+    /// Anything else the instance publishes about itself (the keys `status`,
+    /// `host`, `pid` and `started_at` are the fields above).
     pub metadata: BTreeMap<String, serde_json::Value>,
 }
 
-/// The JSON stored per instance: the reference design's `{"status": ...}`
-/// object, with optional host, pid, start time and free-form metadata beside it.
-#[derive(Serialize, Deserialize)]
-struct Record {
-    status: Status,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    host: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pid: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    started_at: Option<u64>,
-    #[serde(flatten)]
-    metadata: BTreeMap<String, serde_json::Value>,
-}
+/// Fields of the stored JSON that map to [`Instance`] fields; every other
+/// key is metadata. The object is the reference design's `{"status": ...}`
+/// with optional host, pid and start time beside it.
+const STATUS: &str = "status";
+const HOST: &str = "host";
+const PID: &str = "pid";
+const STARTED_AT: &str = "started_at";
 
 impl Instance {
     /// An instance with `status`, no host, pid or metadata.
@@ -87,33 +81,75 @@ impl Instance {
         self
     }
 
-    /// The JSON value stored in the registry.
+    /// The JSON value stored in the registry. The instance's own fields win
+    /// over metadata keys of the same name.
     pub fn to_json(&self) -> String {
-        let record = Record {
-            status: self.status.clone(),
-            host: self.host.clone(),
-            pid: self.pid,
-            started_at: self.started_at_ms,
-            metadata: self.metadata.clone(),
-        };
-        // A map of strings and JSON values always serializes.
-        serde_json::to_string(&record).unwrap_or_else(|_| "{}".into())
+        let mut map: serde_json::Map<String, serde_json::Value> = self
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        map.insert(STATUS.into(), self.status.to_string().into());
+        if let Some(host) = &self.host {
+            map.insert(HOST.into(), host.clone().into());
+        }
+        if let Some(pid) = self.pid {
+            map.insert(PID.into(), pid.into());
+        }
+        if let Some(t) = self.started_at_ms {
+            map.insert(STARTED_AT.into(), t.into());
+        }
+        serde_json::Value::Object(map).to_string()
     }
 
     /// Parse the stored JSON of `service`/`id`.
     pub fn from_json(service: ServiceName, id: InstanceId, json: &[u8]) -> Result<Self> {
-        let r: Record = serde_json::from_slice(json).map_err(|e| {
-            Error::codec(format!("registry entry of `{service}`/`{id}` is not valid JSON")).with_source(e)
-        })?;
+        let bad = |why: &str| Error::codec(format!("registry entry of `{service}`/`{id}` {why}"));
+        // One pass into a map, then the known fields taken out: cheaper than
+        // `#[serde(flatten)]`, which buffers every field twice.
+        let mut metadata: BTreeMap<String, serde_json::Value> =
+            serde_json::from_slice(json).map_err(|e| bad("is not a JSON object").with_source(e))?;
+        let status = match metadata.remove(STATUS) {
+            Some(serde_json::Value::String(s)) => Status::parse(s),
+            _ => return Err(bad("has no string `status`")),
+        };
+        let mut take = |key: &str| metadata.remove(key).filter(|v| !v.is_null());
+        let host = match take(HOST) {
+            None => None,
+            Some(serde_json::Value::String(h)) => Some(h),
+            Some(_) => return Err(bad("has a non-string `host`")),
+        };
+        let int = |v: Option<serde_json::Value>, key: &str| match v {
+            None => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| bad(&format!("has a non-integer `{key}`"))),
+        };
+        let pid = int(take(PID), PID)?
+            .map(|p| u32::try_from(p).map_err(|_| bad("has a `pid` out of range")))
+            .transpose()?;
+        let started_at_ms = int(take(STARTED_AT), STARTED_AT)?;
         Ok(Self {
             service,
             id,
-            status: r.status,
-            host: r.host,
-            pid: r.pid,
-            started_at_ms: r.started_at,
-            metadata: r.metadata,
+            status,
+            host,
+            pid,
+            started_at_ms,
+            metadata,
         })
+    }
+}
+
+impl Status {
+    fn parse(s: String) -> Self {
+        match s.as_str() {
+            "starting" => Self::Starting,
+            "running" => Self::Running,
+            "stopping" => Self::Stopping,
+            _ => Self::Other(s),
+        }
     }
 }
 
@@ -179,6 +215,16 @@ mod tests {
             Instance::new(s.clone(), i.clone(), Status::Starting).to_json(),
             r#"{"status":"starting"}"#
         );
-        assert!(Instance::from_json(s, i, b"nope").is_err());
+        assert!(Instance::from_json(s.clone(), i.clone(), b"nope").is_err());
+        assert!(
+            Instance::from_json(s.clone(), i.clone(), br#"{"host":"h"}"#).is_err(),
+            "status is required"
+        );
+        assert!(Instance::from_json(s.clone(), i.clone(), br#"{"status":"running","pid":-1}"#).is_err());
+        let mut clash =
+            Instance::new(s.clone(), i.clone(), Status::Running).with_metadata("status", "spoofed");
+        clash.pid = Some(1);
+        let back = Instance::from_json(s, i, clash.to_json().as_bytes()).unwrap();
+        assert_eq!((back.status, back.pid), (Status::Running, Some(1)));
     }
 }

@@ -89,7 +89,7 @@ fn unknown_names_and_hostile_timestamps_do_not_add_rows() {
 async fn lifecycle_heartbeats_reach_the_monitor_over_the_bus() {
     let bus = Arc::new(MemoryBus::new());
     let m = Arc::new(FleetMonitor::new(["api", "bus"], Duration::from_secs(1)));
-    let _task = m.start(bus.as_ref()).await.unwrap();
+    let _task = m.start(bus.clone()).await.unwrap();
 
     bus.publish_topic(
         &Topic::new("system.bus.health").unwrap(),

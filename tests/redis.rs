@@ -291,3 +291,31 @@ async fn password_urls_work_and_the_password_never_shows() {
     );
     assert!(!format!("{good:?}").contains("s3cr3t-pw"));
 }
+
+#[tokio::test]
+async fn fleet_monitor_resubscribes_after_its_connection_drops() {
+    use fleetwire::monitor::{FleetMonitor, WorkerState};
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let bus: std::sync::Arc<dyn EventBus> = std::sync::Arc::new(backend(&server).bus());
+    let monitor = std::sync::Arc::new(FleetMonitor::new(["api"], std::time::Duration::from_secs(30)));
+    let _task = monitor.start(bus.clone()).await.unwrap();
+    let killed = server.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert!(
+        killed.starts_with(":2"),
+        "expected both subscriptions killed: {killed}"
+    );
+    let topic = fleetwire::Topic::new("system.api.health").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while monitor.snapshot()[0].status != WorkerState::Ok {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "monitor never heard from api after its subscription dropped"
+        );
+        bus.publish_topic(&topic, &fleetwire::Envelope::new("system.health"))
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

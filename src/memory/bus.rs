@@ -62,6 +62,22 @@ struct PendingEntry {
     count: u64,
 }
 
+/// The entries of `stream` and its `group`, or `NotFound`.
+fn stream_group<'a>(
+    streams: &'a mut HashMap<StreamName, StreamState>,
+    stream: &StreamName,
+    group: &GroupName,
+) -> Result<(&'a VecDeque<(MessageId, Bytes)>, &'a mut GroupState)> {
+    let st = streams
+        .get_mut(stream)
+        .ok_or_else(|| MemoryBus::no_group(stream, group))?;
+    let g = st
+        .groups
+        .get_mut(group)
+        .ok_or_else(|| MemoryBus::no_group(stream, group))?;
+    Ok((&st.entries, g))
+}
+
 impl StreamState {
     /// Entries after `id`, the group's lag.
     fn count_after(&self, id: MessageId) -> u64 {
@@ -202,13 +218,7 @@ impl MemoryBus {
     ) -> Result<Vec<Delivery>> {
         let now = self.inner.clock.now_ms();
         let mut streams = self.inner.streams.lock();
-        let st = streams
-            .get_mut(stream)
-            .ok_or_else(|| Self::no_group(stream, group))?;
-        let StreamState { entries, groups, .. } = st;
-        let g = groups
-            .get_mut(group)
-            .ok_or_else(|| Self::no_group(stream, group))?;
+        let (entries, g) = stream_group(&mut streams, stream, group)?;
         if !g.consumers.contains(consumer) {
             g.consumers.insert(consumer.clone());
         }
@@ -345,13 +355,7 @@ impl EventBus for MemoryBus {
         let now = self.inner.clock.now_ms();
         let min_idle = min_idle.as_millis() as u64;
         let mut streams = self.inner.streams.lock();
-        let st = streams
-            .get_mut(stream)
-            .ok_or_else(|| Self::no_group(stream, group))?;
-        let StreamState { entries, groups, .. } = st;
-        let g = groups
-            .get_mut(group)
-            .ok_or_else(|| Self::no_group(stream, group))?;
+        let (entries, g) = stream_group(&mut streams, stream, group)?;
         g.consumers.insert(consumer.clone());
         let idle: Vec<MessageId> = g
             .pel

@@ -39,6 +39,19 @@ fn n_of(e: &Envelope) -> Option<usize> {
     e.header("n")?.parse().ok()
 }
 
+/// A fresh stream with the suite's group on it, then `n` entries published.
+async fn group_with(bus: &dyn EventBus, n: usize) -> Result<(StreamName, GroupName, Vec<MessageId>), String> {
+    let (s, g) = names();
+    bus.ensure_group(&s, &g, StartFrom::Latest)
+        .await
+        .step("ensure_group")?;
+    let ids = bus
+        .publish_batch(&s, &(0..n).map(env).collect::<Vec<_>>())
+        .await
+        .step("publish")?;
+    Ok((s, g, ids))
+}
+
 /// Run every bus case against `bus`.
 pub async fn run(bus: &dyn EventBus, time: &dyn TimeControl) -> Report {
     let mut r = Report::default();
@@ -148,13 +161,7 @@ async fn ids_increase(bus: &dyn EventBus) -> CaseResult {
 }
 
 async fn read_count(bus: &dyn EventBus) -> CaseResult {
-    let (s, g) = names();
-    bus.ensure_group(&s, &g, StartFrom::Latest)
-        .await
-        .step("ensure_group")?;
-    bus.publish_batch(&s, &(0..5).map(env).collect::<Vec<_>>())
-        .await
-        .step("publish")?;
+    let (s, g, _) = group_with(bus, 5).await?;
     let c = consumer("c1");
     let a = bus.read(&s, &g, &c, ReadOptions::count(2)).await.step("read 2")?;
     let b = bus
@@ -180,13 +187,7 @@ async fn read_count(bus: &dyn EventBus) -> CaseResult {
 }
 
 async fn once_per_group(bus: &dyn EventBus) -> CaseResult {
-    let (s, g) = names();
-    bus.ensure_group(&s, &g, StartFrom::Latest)
-        .await
-        .step("ensure_group")?;
-    bus.publish_batch(&s, &(0..10).map(env).collect::<Vec<_>>())
-        .await
-        .step("publish")?;
+    let (s, g, _) = group_with(bus, 10).await?;
     let mut seen = Vec::new();
     for round in 0..4 {
         for c in ["c1", "c2"] {
@@ -309,13 +310,7 @@ async fn stays_pending(bus: &dyn EventBus) -> CaseResult {
 }
 
 async fn ack_removes(bus: &dyn EventBus) -> CaseResult {
-    let (s, g) = names();
-    bus.ensure_group(&s, &g, StartFrom::Latest)
-        .await
-        .step("ensure_group")?;
-    bus.publish_batch(&s, &(0..3).map(env).collect::<Vec<_>>())
-        .await
-        .step("publish")?;
+    let (s, g, _) = group_with(bus, 3).await?;
     let got = bus
         .read(&s, &g, &consumer("c1"), ReadOptions::count(10))
         .await
@@ -333,13 +328,7 @@ async fn ack_removes(bus: &dyn EventBus) -> CaseResult {
 }
 
 async fn reclaim(bus: &dyn EventBus, time: &dyn TimeControl) -> CaseResult {
-    let (s, g) = names();
-    bus.ensure_group(&s, &g, StartFrom::Latest)
-        .await
-        .step("ensure_group")?;
-    bus.publish_batch(&s, &(0..2).map(env).collect::<Vec<_>>())
-        .await
-        .step("publish")?;
+    let (s, g, _) = group_with(bus, 2).await?;
     let crashed = bus
         .read(&s, &g, &consumer("crashed"), ReadOptions::count(10))
         .await
@@ -470,13 +459,7 @@ async fn trimming(bus: &dyn EventBus) -> CaseResult {
 }
 
 async fn backlog(bus: &dyn EventBus) -> CaseResult {
-    let (s, g) = names();
-    bus.ensure_group(&s, &g, StartFrom::Latest)
-        .await
-        .step("ensure_group")?;
-    bus.publish_batch(&s, &(0..5).map(env).collect::<Vec<_>>())
-        .await
-        .step("publish")?;
+    let (s, g, _) = group_with(bus, 5).await?;
     let got = bus
         .read(&s, &g, &consumer("c"), ReadOptions::count(3))
         .await
