@@ -28,11 +28,13 @@ impl Default for BusConfig {
 impl BusConfig {
     /// The cap of `stream`.
     pub(crate) fn max_len_of(&self, stream: &StreamName) -> u64 {
-        self.stream_max_len
-            .get(stream)
-            .copied()
-            .unwrap_or(self.max_len)
-            .max(1)
+        // Most buses have no per-stream cap: skip hashing the name on the publish path.
+        let custom = if self.stream_max_len.is_empty() {
+            None
+        } else {
+            self.stream_max_len.get(stream)
+        };
+        custom.copied().unwrap_or(self.max_len).max(1)
     }
 }
 
@@ -41,13 +43,16 @@ impl BusConfig {
 pub(crate) struct BacklogGuard {
     policy: BacklogPolicy,
     sample_every_ms: u64,
-    streams: parking_lot::Mutex<std::collections::HashMap<StreamName, GuardState>>,
+    // Read-mostly: a publish takes the read lock and one atomic, so concurrent
+    // publishers never queue behind each other here.
+    streams: parking_lot::RwLock<std::collections::HashMap<StreamName, GuardState>>,
 }
 
 #[derive(Debug, Default)]
 struct GuardState {
-    last_sample_ms: Option<u64>,
-    last_warn_ms: Option<u64>,
+    /// Last sample time plus one (0: never sampled).
+    last_sample_ms: std::sync::atomic::AtomicU64,
+    last_warn_ms: parking_lot::Mutex<Option<u64>>,
 }
 
 impl BacklogGuard {
@@ -61,24 +66,23 @@ impl BacklogGuard {
 
     /// Whether this publish should carry a backlog sample; marks it taken.
     pub(crate) fn sample_due(&self, stream: &StreamName, now_ms: u64) -> bool {
-        let mut streams = self.streams.lock();
-        if let Some(st) = streams.get_mut(stream) {
-            let due = st
-                .last_sample_ms
-                .is_none_or(|t| now_ms.saturating_sub(t) >= self.sample_every_ms);
-            if due {
-                st.last_sample_ms = Some(now_ms);
-            }
-            return due;
+        use std::sync::atomic::Ordering::Relaxed;
+        let stamp = now_ms.saturating_add(1);
+        if let Some(st) = self.streams.read().get(stream) {
+            let last = st.last_sample_ms.load(Relaxed);
+            let due = last == 0 || stamp.saturating_sub(last) >= self.sample_every_ms;
+            // Only one of several concurrent publishers takes the sample.
+            return due
+                && st
+                    .last_sample_ms
+                    .compare_exchange(last, stamp, Relaxed, Relaxed)
+                    .is_ok();
         }
-        streams.insert(
-            stream.clone(),
-            GuardState {
-                last_sample_ms: Some(now_ms),
-                last_warn_ms: None,
-            },
-        );
-        true
+        let mut streams = self.streams.write();
+        let st = streams.entry(stream.clone()).or_default();
+        st.last_sample_ms
+            .compare_exchange(0, stamp, Relaxed, Relaxed)
+            .is_ok()
     }
 
     /// Log `stream_backlog_high` if at risk and not warned within the interval.
@@ -86,27 +90,41 @@ impl BacklogGuard {
         if !self.policy.at_risk(length, pending, max_len) {
             return;
         }
-        let warn_every = self.policy.warn_every.as_millis() as u64;
-        {
-            let mut streams = self.streams.lock();
-            let st = streams.entry(stream.clone()).or_default();
-            if st
-                .last_warn_ms
-                .is_some_and(|t| now_ms.saturating_sub(t) < warn_every)
-            {
-                return;
-            }
-            st.last_warn_ms = Some(now_ms);
+        let due = match self.streams.read().get(stream) {
+            Some(st) => self.warn_due(&mut st.last_warn_ms.lock(), now_ms),
+            None => false,
+        };
+        if due {
+            warn_backlog(stream, length, pending, max_len);
         }
-        tracing::warn!(
-            event = "stream_backlog_high",
-            stream = %stream,
-            length,
-            pending,
-            max_len,
-            "stream backlog high: trimming may drop unread entries"
-        );
     }
+
+    /// Whether a warning is due given the last one, at `now_ms`; marks it given.
+    /// A backend that already holds per-stream state keeps `last_warn_ms` there.
+    pub(crate) fn warn_due(&self, last_warn_ms: &mut Option<u64>, now_ms: u64) -> bool {
+        let every = self.policy.warn_every.as_millis() as u64;
+        if last_warn_ms.is_some_and(|t| now_ms.saturating_sub(t) < every) {
+            return false;
+        }
+        *last_warn_ms = Some(now_ms);
+        true
+    }
+
+    pub(crate) fn policy(&self) -> &BacklogPolicy {
+        &self.policy
+    }
+}
+
+/// The backlog warning, the same from every backend.
+pub(crate) fn warn_backlog(stream: &StreamName, length: u64, pending: u64, max_len: u64) {
+    tracing::warn!(
+        event = "stream_backlog_high",
+        stream = %stream,
+        length,
+        pending,
+        max_len,
+        "stream backlog high: trimming may drop unread entries"
+    );
 }
 
 /// A TTL in whole milliseconds, at least 1 (Redis rejects `PX 0`).

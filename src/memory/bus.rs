@@ -46,6 +46,8 @@ struct StreamState {
     entries: VecDeque<(MessageId, Bytes)>,
     last_id: MessageId,
     groups: BTreeMap<GroupName, GroupState>,
+    /// When the backlog warning was last logged for this stream.
+    last_warn_ms: Option<u64>,
 }
 
 #[derive(Debug)]
@@ -185,7 +187,7 @@ impl MemoryBus {
         let inner = &*self.inner;
         let now = inner.clock.now_ms();
         let max_len = inner.config.max_len_of(stream);
-        let (length, pending) = {
+        let warn = {
             let mut streams = inner.streams.lock();
             let st = match streams.get_mut(stream) {
                 Some(st) => st,
@@ -201,12 +203,17 @@ impl MemoryBus {
                 st.entries.push_back((id, body));
                 on_id(id);
             }
-            let excess = st.entries.len().saturating_sub(max_len as usize);
-            st.entries.drain(..excess);
-            (st.entries.len() as u64, st.max_pending())
+            while st.entries.len() > max_len as usize {
+                st.entries.pop_front();
+            }
+            let (length, pending) = (st.entries.len() as u64, st.max_pending());
+            let at_risk = inner.guard.policy().at_risk(length, pending, max_len);
+            (at_risk && inner.guard.warn_due(&mut st.last_warn_ms, now)).then_some((length, pending))
         };
         inner.appended.notify(usize::MAX);
-        inner.guard.observe(stream, now, length, pending, max_len);
+        if let Some((length, pending)) = warn {
+            crate::backend_support::warn_backlog(stream, length, pending, max_len);
+        }
     }
 
     fn try_read(
