@@ -319,3 +319,49 @@ async fn fleet_monitor_resubscribes_after_its_connection_drops() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+#[cfg(feature = "http")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_redis_down_and_back_over_http() {
+    use fleetwire::{
+        health::{Health, HealthCheck},
+        http::HttpHealthServer,
+        HealthServer,
+    };
+    use std::io::{Read, Write};
+    let Some(mut server) = RedisServer::start() else {
+        return;
+    };
+    let registry = backend(&server).registry();
+    let health = Health::new(std::time::Duration::from_millis(800));
+    health.add_check(HealthCheck::new("registry", move || {
+        let r = registry.clone();
+        async move { r.ping().await }
+    }));
+    health.set_booted(true);
+    let http = HttpHealthServer::new(([127, 0, 0, 1], 0).into());
+    let addr = http.start(health).await.unwrap().unwrap();
+    let readyz = move || {
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.write_all(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out.split(' ').nth(1).unwrap().parse::<u16>().unwrap()
+        })
+    };
+    assert_eq!(readyz().await.unwrap(), 200);
+    server.stop();
+    assert_eq!(readyz().await.unwrap(), 503, "ready while Redis is down");
+    server.restart();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while readyz().await.unwrap() != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ready again after Redis came back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    http.stop().await.unwrap();
+}
