@@ -5,8 +5,11 @@
 //!
 //! The Redis groups start a private `redis-server` (no persistence) on a free port.
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+use common::{envelope, raw_xadd};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use fleetwire::{
@@ -19,15 +22,6 @@ use std::{
     sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
-
-/// A typical ~200-byte envelope.
-fn envelope() -> Envelope {
-    Envelope::new("message.inbound")
-        .with_trace_id("6f1c2a9e-93f1-4a57-b0b2-1d0e6f3a2c11")
-        .with_header("platform", "discord")
-        .with_header("channel_id", "1234567890")
-        .with_raw_payload(vec![b'x'; 100])
-}
 
 fn server() -> &'static support::RedisServer {
     static SERVER: OnceLock<support::RedisServer> = OnceLock::new();
@@ -83,18 +77,6 @@ fn redis_setup() -> Redis {
         (backend, raw)
     });
     Redis { rt, backend, raw }
-}
-
-fn raw_xadd(stream: &str, body: &[u8]) -> redis::Cmd {
-    let mut c = redis::cmd("XADD");
-    c.arg(stream)
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(10_000)
-        .arg("*")
-        .arg("env")
-        .arg(body);
-    c
 }
 
 fn publish_redis(c: &mut Criterion) {

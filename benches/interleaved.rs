@@ -4,8 +4,11 @@
 //!
 //!     cargo bench --all-features --bench interleaved
 
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+use common::{envelope, raw_xadd};
 
 use fleetwire::{
     memory::MemoryBus, redis::RedisBackend, Codec, ConsumerName, Envelope, EventBus, GroupName, Instance,
@@ -18,14 +21,6 @@ use std::{
 };
 
 const ROUNDS: usize = 31;
-
-fn envelope() -> Envelope {
-    Envelope::new("message.inbound")
-        .with_trace_id("6f1c2a9e-93f1-4a57-b0b2-1d0e6f3a2c11")
-        .with_header("platform", "discord")
-        .with_header("channel_id", "1234567890")
-        .with_raw_payload(vec![b'x'; 100])
-}
 
 async fn time<F: Future<Output = ()>>(n: usize, mut op: impl FnMut() -> F) -> Duration {
     let start = Instant::now();
@@ -79,18 +74,6 @@ where
         per(median(fws)),
         median(ratios)
     );
-}
-
-fn raw_xadd(stream: &str, body: &[u8]) -> redis::Cmd {
-    let mut c = redis::cmd("XADD");
-    c.arg(stream)
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(10_000)
-        .arg("*")
-        .arg("env")
-        .arg(body);
-    c
 }
 
 fn main() {

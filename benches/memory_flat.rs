@@ -3,7 +3,9 @@
 //!
 //!     cargo bench --bench memory_flat
 
-use fleetwire::{memory::MemoryBus, Codec, Envelope, EventBus, StreamName};
+use fleetwire::{memory::MemoryBus, Codec, EventBus, StreamName};
+mod common;
+
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     sync::atomic::{AtomicU64, Ordering::Relaxed},
@@ -37,11 +39,7 @@ fn rss_kib() -> u64 {
 
 fn main() {
     // cargo bench passes `--bench`; nothing else to parse.
-    let env = Envelope::new("message.inbound")
-        .with_trace_id("6f1c2a9e-93f1-4a57-b0b2-1d0e6f3a2c11")
-        .with_header("platform", "discord")
-        .with_header("channel_id", "1234567890")
-        .with_raw_payload(vec![b'x'; 100]);
+    let env = common::envelope();
     let bus = MemoryBus::builder().max_len(1000).build();
     let s = StreamName::new("flat").unwrap();
     async_io::block_on(async {
