@@ -93,6 +93,14 @@ impl Error {
         self
     }
 
+    /// Reclassify as `kind` (and its temporariness), keeping message and source.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn into_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self.temporary = matches!(kind, ErrorKind::Unavailable | ErrorKind::Timeout);
+        self
+    }
+
     /// The classification of this error.
     pub fn kind(&self) -> ErrorKind {
         self.kind

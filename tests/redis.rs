@@ -173,6 +173,13 @@ async fn a_stopped_server_gives_temporary_errors_and_recovery_needs_no_rebuild()
     assert!(err.is_temporary(), "{err:?}");
     let err = live.is_alive_batch(std::slice::from_ref(&id)).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
+    let msg = err.to_string();
+    assert!(msg.starts_with("liveness check of 1 ids failed: "), "{msg}");
+    assert_eq!(
+        msg.matches("liveness check").count(),
+        1,
+        "message repeats itself: {msg}"
+    );
     let err = bus
         .publish(&StreamName::new("s").unwrap(), &fleetwire::Envelope::new("x"))
         .await
@@ -364,4 +371,31 @@ async fn readiness_follows_redis_down_and_back_over_http() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     http.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreadable_registry_entry_is_skipped_not_fatal() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let reg = backend(&server).registry();
+    let good = Instance::new(
+        ServiceName::new("api").unwrap(),
+        InstanceId::new("api-1").unwrap(),
+        Status::Running,
+    );
+    reg.register(&good, std::time::Duration::from_secs(15))
+        .await
+        .unwrap();
+    // Written by someone else under our prefix: not JSON, and JSON without a status.
+    server.cmd(&["SET", "sg:registry:service:api:broken", "not json", "EX", "15"]);
+    server.cmd(&[
+        "SET",
+        "sg:registry:service:api:nostatus",
+        "{\"pid\":1}",
+        "EX",
+        "15",
+    ]);
+    let listed = reg.list(None).await.unwrap();
+    assert_eq!(listed, vec![good]);
 }

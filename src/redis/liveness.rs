@@ -52,10 +52,9 @@ impl LivenessStore for RedisLiveness {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let unavailable = |e| {
-            let e = map_err(e, format!("liveness check of {} ids", ids.len()));
-            crate::Error::new(ErrorKind::Unavailable, e.to_string()).with_source(e)
-        };
+        // Any failure means "fall back", whatever redis-rs called it.
+        let unavailable =
+            |e| map_err(e, format!("liveness check of {} ids", ids.len())).into_kind(ErrorKind::Unavailable);
         let mut conn = self.conn.manager();
         let alive: Vec<bool> = if ids.len() <= MGET_CHUNK {
             let found: Vec<Present> = redis::cmd("MGET")
