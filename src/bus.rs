@@ -247,6 +247,44 @@ impl BacklogPolicy {
     }
 }
 
+/// One row of a group's pending-entries list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct PendingEntry {
+    /// The entry id.
+    pub id: MessageId,
+    /// The consumer that holds it.
+    pub consumer: String,
+    /// Time since it was last delivered (or its lease renewed).
+    pub idle: Duration,
+    /// How many times it has been delivered.
+    pub deliveries: u64,
+}
+
+impl PendingEntry {
+    /// A pending-entry row.
+    pub fn new(id: MessageId, consumer: impl Into<String>, idle: Duration, deliveries: u64) -> Self {
+        Self {
+            id,
+            consumer: consumer.into(),
+            idle,
+            deliveries,
+        }
+    }
+}
+
+/// How [`EventBus::release`] hands entries back to their group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Release {
+    /// The entries were never handled (a drain, a cancelled read): claimable
+    /// at once, and the delivery that handed them out is not counted.
+    Unhandled,
+    /// The handling failed: the attempt stays counted and the entries are not
+    /// claimable before this delay has passed (any length, longer than a lease too).
+    RetryAfter(Duration),
+}
+
 /// One event received on a topic subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -257,23 +295,86 @@ pub struct TopicEvent {
     pub envelope: Envelope,
 }
 
+/// Counters of one topic subscription, shared with the task that feeds it.
+///
+/// Topics are fire-and-forget, so a subscriber can miss events; these say
+/// how many and when, instead of hiding it.
+#[derive(Debug, Default)]
+pub struct SubscriptionStats {
+    dropped: std::sync::atomic::AtomicU64,
+    reconnects: std::sync::atomic::AtomicU64,
+    gap_ms: std::sync::atomic::AtomicU64,
+}
+
+impl SubscriptionStats {
+    /// Events dropped because the subscriber's buffer was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How often the subscription was re-established after its connection dropped.
+    pub fn reconnects(&self) -> u64 {
+        self.reconnects.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Total time spent unsubscribed between a drop and the resubscription:
+    /// events published then were missed.
+    pub fn gap(&self) -> Duration {
+        Duration::from_millis(self.gap_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Count one event dropped for a full buffer.
+    pub fn record_dropped(&self) {
+        self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Count one resubscription after a gap of `gap`.
+    pub fn record_reconnect(&self, gap: Duration) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.reconnects.fetch_add(1, Relaxed);
+        self.gap_ms
+            .fetch_add(crate::clock::duration_ms(gap), Relaxed);
+    }
+}
+
+/// How many events a subscriber may have queued before new ones are dropped
+/// (and counted in [`SubscriptionStats::dropped`]), on every backend.
+pub const TOPIC_BUFFER: usize = 1024;
+
 /// A live topic subscription; a [`Stream`] of events. Dropping it unsubscribes.
 pub struct Subscription {
     inner: Pin<Box<dyn Stream<Item = TopicEvent> + Send>>,
+    stats: std::sync::Arc<SubscriptionStats>,
 }
 
 impl Subscription {
     /// Wrap a stream of events.
     pub fn new(inner: impl Stream<Item = TopicEvent> + Send + 'static) -> Self {
+        Self::with_stats(inner, Default::default())
+    }
+
+    /// Wrap a stream of events whose feeder keeps `stats`.
+    pub fn with_stats(
+        inner: impl Stream<Item = TopicEvent> + Send + 'static,
+        stats: std::sync::Arc<SubscriptionStats>,
+    ) -> Self {
         Self {
             inner: Box::pin(inner),
+            stats,
         }
+    }
+
+    /// Drops, reconnects and gaps so far.
+    pub fn stats(&self) -> &SubscriptionStats {
+        &self.stats
     }
 }
 
 impl fmt::Debug for Subscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Subscription").finish_non_exhaustive()
+        f.debug_struct("Subscription")
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
     }
 }
 
@@ -282,6 +383,18 @@ impl Stream for Subscription {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<TopicEvent>> {
         self.inner.as_mut().poll_next(cx)
     }
+}
+
+/// The refusal to delete a consumer that holds entries, the same from every backend.
+#[cfg_attr(not(any(feature = "memory", feature = "redis")), allow(dead_code))]
+pub(crate) fn consumer_busy(stream: &StreamName, group: &GroupName, consumer: &ConsumerName, held: u64) -> Error {
+    Error::new(
+        crate::ErrorKind::Conflict,
+        format!(
+            "consumer `{consumer}` of group `{group}` on stream `{stream}` holds {held} pending entries; \
+             not deleted (claim or ack them first, or force)"
+        ),
+    )
 }
 
 /// Durable streams with consumer groups, plus ephemeral topics.
@@ -298,6 +411,12 @@ impl Stream for Subscription {
 ///   below it, and at most [`Capabilities::trim_slack`] above.
 /// - Publishing checks the backlog against the [`BacklogPolicy`] at no extra
 ///   round trip and logs a `stream_backlog_high` warning at most once per interval.
+/// - Delivery counts are exact whatever the interleaving of reads and
+///   claims; a [`Release::Unhandled`] delivery is not counted, and a
+///   [`Release::RetryAfter`] entry is not claimed before its time.
+/// - A cancelled `read` or `ack_and_read` strands nothing: an entry the store
+///   handed out after the caller stopped listening is released
+///   ([`Release::Unhandled`]) so any consumer can claim it at once.
 /// - Reading, acking or inspecting a missing group or stream is a
 ///   [`NotFound`](crate::ErrorKind::NotFound) error.
 /// - Topics are fire-and-forget: a subscriber sees events published after
@@ -343,6 +462,80 @@ pub trait EventBus: Send + Sync + fmt::Debug {
     async fn stream_info(&self, stream: &StreamName) -> Result<StreamInfo>;
     /// Backlog of `group` on `stream`.
     async fn backlog(&self, stream: &StreamName, group: &GroupName) -> Result<Backlog>;
+    /// Acknowledge `acks`, then read new entries, in one round trip: the
+    /// consumer loop's steady state. Acks apply even when the read fails
+    /// afterwards; on error the caller cannot tell, so it resends them (acks are idempotent).
+    async fn ack_and_read(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: &ConsumerName,
+        acks: &[MessageId],
+        options: ReadOptions,
+    ) -> Result<Vec<Delivery>>;
+    /// Move the given pending entries idle at least `min_idle` to `consumer`.
+    /// Entries not pending, or not yet due after a [`Release::RetryAfter`], are left alone.
+    async fn claim_ids(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: &ConsumerName,
+        min_idle: Duration,
+        ids: &[MessageId],
+    ) -> Result<Claimed>;
+    /// Up to `count` rows of the pending-entries list from `start` on, of one consumer or all.
+    async fn pending_entries(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: Option<ConsumerName>,
+        start: MessageId,
+        count: usize,
+    ) -> Result<Vec<PendingEntry>>;
+    /// Reset the idle time of the entries `consumer` still holds (its lease);
+    /// returns those it still holds.
+    async fn renew(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: &ConsumerName,
+        ids: &[MessageId],
+    ) -> Result<Vec<MessageId>>;
+    /// Hand entries `consumer` holds back to the group; returns how many it held.
+    async fn release(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: &ConsumerName,
+        ids: &[MessageId],
+        how: Release,
+    ) -> Result<u64>;
+    /// Atomically append `record` to `dead_letters` (capped near `max_len`) and
+    /// ack `id`; `None` when `id` was not pending (nothing is written).
+    async fn dead_letter(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        id: MessageId,
+        dead_letters: &StreamName,
+        record: &[u8],
+        max_len: u64,
+    ) -> Result<Option<MessageId>>;
+    /// Up to `count` entries of `stream` with ids `>= start`, oldest first; empty when the stream is missing.
+    async fn range(&self, stream: &StreamName, start: MessageId, count: usize) -> Result<Vec<Delivery>>;
+    /// Delete entries from `stream`; returns how many existed.
+    async fn delete_entries(&self, stream: &StreamName, ids: &[MessageId]) -> Result<u64>;
+    /// Delete `group` and its pending list; `true` when it existed.
+    async fn delete_group(&self, stream: &StreamName, group: &GroupName) -> Result<bool>;
+    /// Delete `consumer` from `group`; refused with [`Conflict`](crate::ErrorKind::Conflict)
+    /// while it holds pending entries unless `force`. Returns the entries it held.
+    async fn delete_consumer(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: &ConsumerName,
+        force: bool,
+    ) -> Result<u64>;
     /// Publish an ephemeral event on `topic`.
     async fn publish_topic(&self, topic: &Topic, envelope: &Envelope) -> Result<()>;
     /// Subscribe to topics matching `pattern`.

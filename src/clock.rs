@@ -17,6 +17,11 @@ pub(crate) fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// `d` in whole milliseconds, saturating at `u64::MAX` (no `Duration` overflows).
+pub(crate) fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// A source of wall-clock time in milliseconds since the Unix epoch.
 pub trait Clock: Send + Sync + fmt::Debug {
     /// Now, in milliseconds since the Unix epoch.

@@ -25,6 +25,9 @@ pub enum ErrorKind {
     Protocol,
     /// The lifecycle was asked to stop.
     Shutdown,
+    /// The call conflicts with the current state (e.g. deleting a consumer
+    /// that still holds pending entries).
+    Conflict,
 }
 
 impl fmt::Display for ErrorKind {
@@ -38,6 +41,7 @@ impl fmt::Display for ErrorKind {
             Self::Codec => "codec",
             Self::Protocol => "protocol",
             Self::Shutdown => "shutdown",
+            Self::Conflict => "conflict",
         })
     }
 }

@@ -98,8 +98,9 @@ pub mod redis;
 pub mod testkit;
 
 pub use bus::{
-    Backlog, BacklogPolicy, Claimed, Delivery, EventBus, EventBusExt, GroupInfo, MessageId, PendingSummary,
-    ReadOptions, StartFrom, StreamInfo, Subscription, TopicEvent,
+    Backlog, BacklogPolicy, Claimed, Delivery, EventBus, EventBusExt, GroupInfo, MessageId, PendingEntry,
+    PendingSummary, ReadOptions, Release, StartFrom, StreamInfo, Subscription, SubscriptionStats, TopicEvent,
+    TOPIC_BUFFER,
 };
 pub use capabilities::Capabilities;
 pub use envelope::{Codec, Envelope, DEFAULT_MAX_ENVELOPE_BYTES};

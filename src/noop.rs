@@ -8,7 +8,7 @@ use crate::{
     error::{Error, Result},
     name::{ConsumerName, GroupName, InstanceId, ServiceName, StreamName, Topic, TopicPattern},
     Backlog, Capabilities, Claimed, Delivery, Envelope, EventBus, Health, HealthServer, Instance,
-    LivenessStore, MessageId, PendingSummary, ReadOptions, RegistryStore, StartFrom, StreamInfo,
+    LivenessStore, MessageId, PendingEntry, PendingSummary, ReadOptions, Release, RegistryStore, StartFrom, StreamInfo,
     Subscription,
 };
 use async_trait::async_trait;
@@ -128,6 +128,78 @@ impl EventBus for NoopBus {
             lag: Some(0),
             max_len: 0,
         })
+    }
+    async fn ack_and_read(
+        &self,
+        _: &StreamName,
+        _: &GroupName,
+        _: &ConsumerName,
+        _: &[MessageId],
+        _: ReadOptions,
+    ) -> Result<Vec<Delivery>> {
+        Ok(Vec::new())
+    }
+    async fn claim_ids(
+        &self,
+        _: &StreamName,
+        _: &GroupName,
+        _: &ConsumerName,
+        _: Duration,
+        _: &[MessageId],
+    ) -> Result<Claimed> {
+        Ok(Claimed::default())
+    }
+    async fn pending_entries(
+        &self,
+        _: &StreamName,
+        _: &GroupName,
+        _: Option<ConsumerName>,
+        _: MessageId,
+        _: usize,
+    ) -> Result<Vec<PendingEntry>> {
+        Ok(Vec::new())
+    }
+    async fn renew(
+        &self,
+        _: &StreamName,
+        _: &GroupName,
+        _: &ConsumerName,
+        _: &[MessageId],
+    ) -> Result<Vec<MessageId>> {
+        Ok(Vec::new())
+    }
+    async fn release(
+        &self,
+        _: &StreamName,
+        _: &GroupName,
+        _: &ConsumerName,
+        _: &[MessageId],
+        _: Release,
+    ) -> Result<u64> {
+        Ok(0)
+    }
+    async fn dead_letter(
+        &self,
+        _: &StreamName,
+        _: &GroupName,
+        _: MessageId,
+        _: &StreamName,
+        _: &[u8],
+        _: u64,
+    ) -> Result<Option<MessageId>> {
+        Ok(None)
+    }
+    async fn range(&self, _: &StreamName, _: MessageId, _: usize) -> Result<Vec<Delivery>> {
+        Ok(Vec::new())
+    }
+    async fn delete_entries(&self, _: &StreamName, _: &[MessageId]) -> Result<u64> {
+        Ok(0)
+    }
+    async fn delete_group(&self, _: &StreamName, _: &GroupName) -> Result<bool> {
+        Ok(false)
+    }
+    async fn delete_consumer(&self, _: &StreamName, _: &GroupName, _: &ConsumerName, _: bool) -> Result<u64> {
+        Ok(0)
     }
     async fn publish_topic(&self, _: &Topic, _: &Envelope) -> Result<()> {
         Ok(())

@@ -5,7 +5,7 @@ use crate::{
     error::{Error, Result},
     name::{ConsumerName, GroupName, StreamName, Topic, TopicPattern},
     Backlog, BacklogPolicy, Capabilities, Claimed, Codec, Delivery, Envelope, EventBus, GroupInfo, MessageId,
-    PendingSummary, ReadOptions, StartFrom, StreamInfo, Subscription, TopicEvent,
+    PendingEntry, PendingSummary, ReadOptions, Release, StartFrom, StreamInfo, Subscription, TopicEvent,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -54,14 +54,57 @@ struct StreamState {
 struct GroupState {
     last_delivered: MessageId,
     consumers: BTreeSet<ConsumerName>,
-    pel: BTreeMap<MessageId, PendingEntry>,
+    pel: BTreeMap<MessageId, Pel>,
 }
 
+/// One pending entry.
 #[derive(Debug)]
-struct PendingEntry {
+struct Pel {
     consumer: ConsumerName,
+    /// Idle time counts from here; 0 after a release, so it is claimable at once.
     delivered_at_ms: u64,
     count: u64,
+    /// Set by [`Release::RetryAfter`]: not claimable before this time.
+    not_before_ms: Option<u64>,
+}
+
+impl Pel {
+    fn claimable(&self, now: u64, min_idle_ms: u64) -> bool {
+        now.saturating_sub(self.delivered_at_ms) >= min_idle_ms && self.not_before_ms.is_none_or(|t| t <= now)
+    }
+}
+
+/// Claim `ids` of `g` for `consumer` where claimable; drop those whose entry is gone.
+fn claim_in(
+    entries: &VecDeque<(MessageId, Bytes)>,
+    g: &mut GroupState,
+    consumer: &ConsumerName,
+    now: u64,
+    min_idle_ms: u64,
+    ids: &[MessageId],
+) -> Claimed {
+    g.consumers.insert(consumer.clone());
+    let mut claimed = Claimed::default();
+    for id in ids {
+        let Some(p) = g.pel.get_mut(id).filter(|p| p.claimable(now, min_idle_ms)) else {
+            continue;
+        };
+        let i = entries.partition_point(|(e, _)| e < id);
+        match entries.get(i).filter(|(e, _)| e == id) {
+            None => {
+                g.pel.remove(id);
+                claimed.deleted.push(*id);
+            }
+            Some((_, body)) => {
+                p.consumer = consumer.clone();
+                p.delivered_at_ms = now;
+                p.count += 1;
+                p.not_before_ms = None;
+                claimed.deliveries.push(Delivery::new(*id, p.count, body.clone()));
+            }
+        }
+    }
+    claimed
 }
 
 /// The entries of `stream` and its `group`, or `NotFound`.
@@ -81,6 +124,30 @@ fn stream_group<'a>(
 }
 
 impl StreamState {
+    /// Append `bodies` with ids from `now`, then trim to `max_len`.
+    fn append(
+        &mut self,
+        now: u64,
+        max_len: u64,
+        bodies: impl IntoIterator<Item = Bytes>,
+        mut on_id: impl FnMut(MessageId),
+    ) {
+        for body in bodies {
+            let id = if now > self.last_id.ms {
+                MessageId { ms: now, seq: 0 }
+            } else {
+                self.last_id.next()
+            };
+            self.last_id = id;
+            self.entries.push_back((id, body));
+            on_id(id);
+        }
+        let cap = usize::try_from(max_len).unwrap_or(usize::MAX).max(1);
+        while self.entries.len() > cap {
+            self.entries.pop_front();
+        }
+    }
+
     /// Entries after `id`, the group's lag.
     fn count_after(&self, id: MessageId) -> u64 {
         (self.entries.len() - self.entries.partition_point(|(e, _)| *e <= id)) as u64
@@ -182,7 +249,7 @@ impl MemoryBus {
         &self,
         stream: &StreamName,
         bodies: impl IntoIterator<Item = Bytes>,
-        mut on_id: impl FnMut(MessageId),
+        on_id: impl FnMut(MessageId),
     ) {
         let inner = &*self.inner;
         let now = inner.clock.now_ms();
@@ -193,19 +260,7 @@ impl MemoryBus {
                 Some(st) => st,
                 None => streams.entry(stream.clone()).or_default(),
             };
-            for body in bodies {
-                let id = if now > st.last_id.ms {
-                    MessageId { ms: now, seq: 0 }
-                } else {
-                    st.last_id.next()
-                };
-                st.last_id = id;
-                st.entries.push_back((id, body));
-                on_id(id);
-            }
-            while st.entries.len() > max_len as usize {
-                st.entries.pop_front();
-            }
+            st.append(now, max_len, bodies, on_id);
             let (length, pending) = (st.entries.len() as u64, st.max_pending());
             let at_risk = inner.guard.policy().at_risk(length, pending, max_len);
             (at_risk && inner.guard.warn_due(&mut st.last_warn_ms, now)).then_some((length, pending))
@@ -235,10 +290,11 @@ impl MemoryBus {
             g.last_delivered = *id;
             g.pel.insert(
                 *id,
-                PendingEntry {
+                Pel {
                     consumer: consumer.clone(),
                     delivered_at_ms: now,
                     count: 1,
+                    not_before_ms: None,
                 },
             );
             out.push(Delivery::new(*id, 1, body.clone()));
@@ -360,35 +416,226 @@ impl EventBus for MemoryBus {
             .outage
             .check(|| format!("claim on group `{group}` of stream `{stream}`"))?;
         let now = self.inner.clock.now_ms();
-        let min_idle = min_idle.as_millis() as u64;
+        let min_idle = clock::duration_ms(min_idle);
         let mut streams = self.inner.streams.lock();
         let (entries, g) = stream_group(&mut streams, stream, group)?;
-        g.consumers.insert(consumer.clone());
-        let idle: Vec<MessageId> = g
+        let ids: Vec<MessageId> = g
             .pel
             .iter()
-            .filter(|(_, p)| now.saturating_sub(p.delivered_at_ms) >= min_idle)
+            .filter(|(_, p)| p.claimable(now, min_idle))
             .map(|(id, _)| *id)
             .take(count.max(1))
             .collect();
-        let mut claimed = Claimed::default();
-        for id in idle {
-            let i = entries.partition_point(|(e, _)| *e < id);
-            match entries.get(i).filter(|(e, _)| *e == id).map(|(_, b)| b) {
-                None => {
-                    g.pel.remove(&id);
-                    claimed.deleted.push(id);
-                }
-                Some(body) => {
-                    let Some(p) = g.pel.get_mut(&id) else { continue };
-                    p.consumer = consumer.clone();
+        Ok(claim_in(entries, g, consumer, now, min_idle, &ids))
+    }
+
+    async fn claim_ids(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: &ConsumerName,
+        min_idle: Duration,
+        ids: &[MessageId],
+    ) -> Result<Claimed> {
+        self.inner
+            .outage
+            .check(|| format!("claim on group `{group}` of stream `{stream}`"))?;
+        let now = self.inner.clock.now_ms();
+        let mut streams = self.inner.streams.lock();
+        let (entries, g) = stream_group(&mut streams, stream, group)?;
+        Ok(claim_in(entries, g, consumer, now, clock::duration_ms(min_idle), ids))
+    }
+
+    async fn pending_entries(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: Option<ConsumerName>,
+        start: MessageId,
+        count: usize,
+    ) -> Result<Vec<PendingEntry>> {
+        self.inner
+            .outage
+            .check(|| format!("pending of group `{group}` on stream `{stream}`"))?;
+        let now = self.inner.clock.now_ms();
+        let streams = self.inner.streams.lock();
+        let g = streams
+            .get(stream)
+            .and_then(|st| st.groups.get(group))
+            .ok_or_else(|| Self::no_group(stream, group))?;
+        Ok(g.pel
+            .range(start..)
+            .filter(|(_, p)| consumer.as_ref().is_none_or(|c| p.consumer == *c))
+            .take(count)
+            .map(|(id, p)| {
+                PendingEntry::new(
+                    *id,
+                    p.consumer.as_str(),
+                    Duration::from_millis(now.saturating_sub(p.delivered_at_ms)),
+                    p.count,
+                )
+            })
+            .collect())
+    }
+
+    async fn renew(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: &ConsumerName,
+        ids: &[MessageId],
+    ) -> Result<Vec<MessageId>> {
+        self.inner
+            .outage
+            .check(|| format!("renew leases on group `{group}` of stream `{stream}`"))?;
+        let now = self.inner.clock.now_ms();
+        let mut streams = self.inner.streams.lock();
+        let (_, g) = stream_group(&mut streams, stream, group)?;
+        Ok(ids
+            .iter()
+            .filter(|id| match g.pel.get_mut(id) {
+                Some(p) if p.consumer == *consumer => {
                     p.delivered_at_ms = now;
-                    p.count += 1;
-                    claimed.deliveries.push(Delivery::new(id, p.count, body.clone()));
+                    true
+                }
+                _ => false,
+            })
+            .copied()
+            .collect())
+    }
+
+    async fn release(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: &ConsumerName,
+        ids: &[MessageId],
+        how: Release,
+    ) -> Result<u64> {
+        self.inner
+            .outage
+            .check(|| format!("release entries on group `{group}` of stream `{stream}`"))?;
+        let now = self.inner.clock.now_ms();
+        let mut streams = self.inner.streams.lock();
+        let (_, g) = stream_group(&mut streams, stream, group)?;
+        let mut held = 0;
+        for id in ids {
+            let Some(p) = g.pel.get_mut(id).filter(|p| p.consumer == *consumer) else {
+                continue;
+            };
+            held += 1;
+            p.delivered_at_ms = 0;
+            match how {
+                Release::Unhandled => {
+                    p.count = p.count.saturating_sub(1);
+                    p.not_before_ms = None;
+                }
+                Release::RetryAfter(delay) => {
+                    p.not_before_ms = Some(now.saturating_add(clock::duration_ms(delay)));
                 }
             }
         }
-        Ok(claimed)
+        Ok(held)
+    }
+
+    async fn dead_letter(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        id: MessageId,
+        dead_letters: &StreamName,
+        record: &[u8],
+        max_len: u64,
+    ) -> Result<Option<MessageId>> {
+        self.inner
+            .outage
+            .check(|| format!("dead-letter entry {id} of stream `{stream}`"))?;
+        let now = self.inner.clock.now_ms();
+        let mut streams = self.inner.streams.lock();
+        let (_, g) = stream_group(&mut streams, stream, group)?;
+        if g.pel.remove(&id).is_none() {
+            return Ok(None);
+        }
+        let mut dead_id = MessageId::ZERO;
+        streams
+            .entry(dead_letters.clone())
+            .or_default()
+            .append(now, max_len, [Bytes::copy_from_slice(record)], |i| dead_id = i);
+        drop(streams);
+        self.inner.appended.notify(usize::MAX);
+        Ok(Some(dead_id))
+    }
+
+    async fn range(&self, stream: &StreamName, start: MessageId, count: usize) -> Result<Vec<Delivery>> {
+        self.inner.outage.check(|| format!("range of stream `{stream}`"))?;
+        let streams = self.inner.streams.lock();
+        let Some(st) = streams.get(stream) else {
+            return Ok(Vec::new());
+        };
+        let from = st.entries.partition_point(|(e, _)| *e < start);
+        Ok(st
+            .entries
+            .range(from..)
+            .take(count)
+            .map(|(id, body)| Delivery::new(*id, 0, body.clone()))
+            .collect())
+    }
+
+    async fn delete_entries(&self, stream: &StreamName, ids: &[MessageId]) -> Result<u64> {
+        self.inner
+            .outage
+            .check(|| format!("delete entries of stream `{stream}`"))?;
+        let mut streams = self.inner.streams.lock();
+        let Some(st) = streams.get_mut(stream) else {
+            return Ok(0);
+        };
+        let before = st.entries.len();
+        let doomed: BTreeSet<&MessageId> = ids.iter().collect();
+        st.entries.retain(|(id, _)| !doomed.contains(id));
+        Ok((before - st.entries.len()) as u64)
+    }
+
+    async fn delete_group(&self, stream: &StreamName, group: &GroupName) -> Result<bool> {
+        self.inner
+            .outage
+            .check(|| format!("delete group `{group}` of stream `{stream}`"))?;
+        let mut streams = self.inner.streams.lock();
+        Ok(streams
+            .get_mut(stream)
+            .is_some_and(|st| st.groups.remove(group).is_some()))
+    }
+
+    async fn delete_consumer(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: &ConsumerName,
+        force: bool,
+    ) -> Result<u64> {
+        self.inner
+            .outage
+            .check(|| format!("delete consumer `{consumer}` of group `{group}`"))?;
+        let mut streams = self.inner.streams.lock();
+        let (_, g) = stream_group(&mut streams, stream, group)?;
+        let held = g.pel.values().filter(|p| p.consumer == *consumer).count() as u64;
+        if held > 0 && !force {
+            return Err(crate::bus::consumer_busy(stream, group, consumer, held));
+        }
+        g.pel.retain(|_, p| p.consumer != *consumer);
+        g.consumers.remove(consumer);
+        Ok(held)
+    }
+
+    async fn ack_and_read(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: &ConsumerName,
+        acks: &[MessageId],
+        options: ReadOptions,
+    ) -> Result<Vec<Delivery>> {
+        self.ack(stream, group, acks).await?;
+        self.read(stream, group, consumer, options).await
     }
 
     async fn pending(&self, stream: &StreamName, group: &GroupName) -> Result<PendingSummary> {

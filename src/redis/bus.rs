@@ -1,21 +1,25 @@
 use super::{
-    connection::map_err,
+    connection::{map_err, CancelSlot},
+    guard::{Guarded, Orphan},
     keys::Keys,
     parse::{self, BODY_FIELD},
-    Conn,
+    scripts, Conn,
 };
 use crate::{
     backend_support::{BacklogGuard, BusConfig},
     clock,
     error::{Error, Result},
     name::{ConsumerName, GroupName, StreamName, Topic, TopicPattern},
-    Backlog, Capabilities, Claimed, Delivery, Envelope, EventBus, MessageId, PendingSummary, ReadOptions,
-    StartFrom, StreamInfo, Subscription, TopicEvent,
+    Backlog, Capabilities, Claimed, Delivery, Envelope, EventBus, MessageId, PendingEntry, PendingSummary,
+    ReadOptions, Release, StartFrom, StreamInfo, Subscription, TopicEvent,
 };
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::Value;
 use std::{sync::Arc, time::Duration};
+
+/// Longest retry delay and read block accepted (30 days); longer ones are clamped.
+const MAX_DELAY_MS: u64 = 30 * 24 * 3600 * 1000;
 
 /// Redis [`EventBus`] over Streams (`XADD MAXLEN ~`, `XREADGROUP`, `XACK`,
 /// `XAUTOCLAIM`) and pub/sub for topics.
@@ -52,6 +56,145 @@ impl RedisBus {
             .arg(BODY_FIELD)
             .arg(body);
         c
+    }
+
+    /// `XREADGROUP` (after `XACK` of `acks`, in the same round trip), safe
+    /// to drop at any point: see [`Guarded`].
+    fn guarded_read(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: &ConsumerName,
+        acks: &[MessageId],
+        options: ReadOptions,
+    ) -> Guarded<Vec<Delivery>> {
+        let mut pipe = redis::pipe();
+        if !acks.is_empty() {
+            let ack = pipe.cmd("XACK").arg(stream.as_str()).arg(group.as_str());
+            for id in acks {
+                ack.arg(id.to_string());
+            }
+            pipe.ignore();
+        }
+        let read = pipe
+            .cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(group.as_str())
+            .arg(consumer.as_str())
+            .arg("COUNT")
+            .arg(options.count.max(1));
+        let block = options
+            .block
+            // BLOCK 0 would mean "forever".
+            .map(|b| Duration::from_millis(clock::duration_ms(b).clamp(1, MAX_DELAY_MS)));
+        if let Some(block) = block {
+            read.arg("BLOCK").arg(block.as_millis() as u64);
+        }
+        read.arg("STREAMS").arg(stream.as_str()).arg(">");
+        let what = format!("read group `{group}` of stream `{stream}`");
+        let conn = self.conn.clone();
+        let orphan = self.release_orphans(stream, group, consumer);
+        match block {
+            Some(block) => {
+                let slot = Arc::new(CancelSlot::default());
+                let wait = block.saturating_add(conn.response_timeout);
+                let manager = conn.manager();
+                let call = {
+                    let slot = slot.clone();
+                    async move {
+                        match conn.blocking.query(&pipe, wait, &slot).await {
+                            Ok(Some(replies)) => parse::read_reply(replies.last().unwrap_or(&Value::Nil)),
+                            Ok(None) => Ok(Vec::new()),
+                            Err(e) => Err(map_err(e, what)),
+                        }
+                    }
+                };
+                Guarded::new(Box::pin(call), orphan).unblock_with(slot, manager)
+            }
+            None => {
+                let call = async move {
+                    let replies: Vec<Value> = pipe
+                        .query_async(&mut conn.manager())
+                        .await
+                        .map_err(|e| map_err(e, what))?;
+                    parse::read_reply(replies.last().unwrap_or(&Value::Nil))
+                };
+                Guarded::new(Box::pin(call), orphan)
+            }
+        }
+    }
+
+    /// Run the claim script (over the pending list, or over `ids`), safe to drop.
+    fn guarded_claim(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: &ConsumerName,
+        min_idle: Duration,
+        want: usize,
+        ids: Option<&[MessageId]>,
+    ) -> Guarded<Claimed> {
+        let mut call = scripts::CLAIM.key(stream.as_str());
+        call.key(self.keys.due(stream, group))
+            .arg(group.as_str())
+            .arg(consumer.as_str())
+            .arg(clock::duration_ms(min_idle).min(MAX_DELAY_MS))
+            .arg(want);
+        match ids {
+            None => {
+                call.arg("auto");
+            }
+            Some(ids) => {
+                call.arg("ids");
+                for id in ids {
+                    call.arg(id.to_string());
+                }
+            }
+        }
+        let what = format!("claim on group `{group}` of stream `{stream}`");
+        let conn = self.conn.clone();
+        let run = async move {
+            let reply: Value = call
+                .invoke_async(&mut conn.manager())
+                .await
+                .map_err(|e| map_err(e, what))?;
+            let (deliveries, deleted) = parse::claim_script_reply(&reply)?;
+            Ok(Claimed { deliveries, deleted })
+        };
+        let release = self.release_orphans(stream, group, consumer);
+        Guarded::new(
+            Box::pin(run),
+            Box::new(move |claimed: Claimed| release(claimed.deliveries)),
+        )
+    }
+
+    /// Hands entries a caller never saw back to the group, uncounted.
+    fn release_orphans(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: &ConsumerName,
+    ) -> Orphan<Vec<Delivery>> {
+        let (bus, stream, group, consumer) = (self.clone(), stream.clone(), group.clone(), consumer.clone());
+        Box::new(move |got: Vec<Delivery>| {
+            Box::pin(async move {
+                if got.is_empty() {
+                    return;
+                }
+                let ids: Vec<MessageId> = got.iter().map(|d| d.id).collect();
+                match bus.release(&stream, &group, &consumer, &ids, Release::Unhandled).await {
+                    Ok(n) => tracing::debug!(event = "abandoned_entries_released", stream = %stream, group = %group, count = n),
+                    Err(e) => tracing::warn!(
+                        event = "abandoned_entries_not_released",
+                        stream = %stream,
+                        group = %group,
+                        count = ids.len(),
+                        error = %e,
+                        "entries stay pending until another consumer reclaims them"
+                    ),
+                }
+            })
+        })
     }
 
     /// Send `xadds` in one round trip, with the backlog sample when it is due.
@@ -167,31 +310,18 @@ impl EventBus for RedisBus {
         consumer: &ConsumerName,
         options: ReadOptions,
     ) -> Result<Vec<Delivery>> {
-        let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP")
-            .arg(group.as_str())
-            .arg(consumer.as_str())
-            .arg("COUNT")
-            .arg(options.count.max(1));
-        if let Some(block) = options.block {
-            // BLOCK 0 would mean "forever".
-            cmd.arg("BLOCK").arg((block.as_millis() as u64).max(1));
-        }
-        cmd.arg("STREAMS").arg(stream.as_str()).arg(">");
-        let what = || format!("read group `{group}` of stream `{stream}`");
-        let reply: Value = match options.block {
-            Some(block) => self
-                .conn
-                .blocking
-                .query(&cmd, block + self.conn.response_timeout)
-                .await
-                .map_err(|e| map_err(e, what()))?,
-            None => cmd
-                .query_async(&mut self.conn.manager())
-                .await
-                .map_err(|e| map_err(e, what()))?,
-        };
-        parse::read_reply(&reply)
+        self.guarded_read(stream, group, consumer, &[], options).await
+    }
+
+    async fn ack_and_read(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: &ConsumerName,
+        acks: &[MessageId],
+        options: ReadOptions,
+    ) -> Result<Vec<Delivery>> {
+        self.guarded_read(stream, group, consumer, acks, options).await
     }
 
     async fn ack(&self, stream: &StreamName, group: &GroupName, ids: &[MessageId]) -> Result<u64> {
@@ -216,39 +346,202 @@ impl EventBus for RedisBus {
         min_idle: Duration,
         count: usize,
     ) -> Result<Claimed> {
-        let mut conn = self.conn.manager();
-        let what = || format!("claim on group `{group}` of stream `{stream}`");
-        let reply: Value = redis::cmd("XAUTOCLAIM")
-            .arg(stream.as_str())
+        self.guarded_claim(stream, group, consumer, min_idle, count.max(1), None)
+            .await
+    }
+
+    async fn claim_ids(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: &ConsumerName,
+        min_idle: Duration,
+        ids: &[MessageId],
+    ) -> Result<Claimed> {
+        if ids.is_empty() {
+            return Ok(Claimed::default());
+        }
+        self.guarded_claim(stream, group, consumer, min_idle, ids.len(), Some(ids))
+            .await
+    }
+
+    async fn pending_entries(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: Option<ConsumerName>,
+        start: MessageId,
+        count: usize,
+    ) -> Result<Vec<PendingEntry>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("XPENDING");
+        cmd.arg(stream.as_str())
+            .arg(group.as_str())
+            .arg(start.to_string())
+            .arg("+")
+            .arg(count);
+        if let Some(c) = consumer {
+            cmd.arg(c.as_str());
+        }
+        let rows: Value = cmd
+            .query_async(&mut self.conn.manager())
+            .await
+            .map_err(|e| map_err(e, format!("pending of group `{group}` on stream `{stream}`")))?;
+        parse::pending_rows(&rows)
+    }
+
+    async fn renew(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: &ConsumerName,
+        ids: &[MessageId],
+    ) -> Result<Vec<MessageId>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut call = scripts::RENEW.key(stream.as_str());
+        call.arg(group.as_str()).arg(consumer.as_str());
+        for id in ids {
+            call.arg(id.to_string());
+        }
+        let held: Value = call
+            .invoke_async(&mut self.conn.manager())
+            .await
+            .map_err(|e| map_err(e, format!("renew leases on group `{group}` of stream `{stream}`")))?;
+        parse::ids(&held)
+    }
+
+    async fn release(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: &ConsumerName,
+        ids: &[MessageId],
+        how: Release,
+    ) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let (mode, delay) = match how {
+            Release::Unhandled => ("unhandled", 0),
+            Release::RetryAfter(d) => ("retry", clock::duration_ms(d).min(MAX_DELAY_MS)),
+        };
+        let mut call = scripts::RELEASE.key(stream.as_str());
+        call.key(self.keys.due(stream, group))
             .arg(group.as_str())
             .arg(consumer.as_str())
-            .arg(min_idle.as_millis() as u64)
-            .arg("0-0")
-            .arg("COUNT")
-            .arg(count.max(1))
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| map_err(e, what()))?;
-        let (mut deliveries, deleted) = parse::autoclaim_reply(&reply)?;
-        // XAUTOCLAIM does not return delivery counts; read them back for the
-        // claimed range, now owned by `consumer`.
-        if let (Some(lo), Some(hi)) = (deliveries.first().map(|d| d.id), deliveries.last().map(|d| d.id)) {
-            let rows: Value = redis::cmd("XPENDING")
-                .arg(stream.as_str())
-                .arg(group.as_str())
-                .arg(lo.to_string())
-                .arg(hi.to_string())
-                .arg(deliveries.len())
-                .arg(consumer.as_str())
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| map_err(e, what()))?;
-            let counts = parse::pending_counts(&rows)?;
-            for d in &mut deliveries {
-                d.delivery_count = counts.get(&d.id).copied().unwrap_or(1);
-            }
+            .arg(mode)
+            .arg(delay);
+        for id in ids {
+            call.arg(id.to_string());
         }
-        Ok(Claimed { deliveries, deleted })
+        call.invoke_async(&mut self.conn.manager())
+            .await
+            .map_err(|e| map_err(e, format!("release entries on group `{group}` of stream `{stream}`")))
+    }
+
+    async fn dead_letter(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        id: MessageId,
+        dead_letters: &StreamName,
+        record: &[u8],
+        max_len: u64,
+    ) -> Result<Option<MessageId>> {
+        let reply: Value = scripts::DEAD_LETTER
+            .key(stream.as_str())
+            .key(dead_letters.as_str())
+            .key(self.keys.due(stream, group))
+            .arg(group.as_str())
+            .arg(id.to_string())
+            .arg(max_len.max(1))
+            .arg(BODY_FIELD)
+            .arg(record)
+            .invoke_async(&mut self.conn.manager())
+            .await
+            .map_err(|e| map_err(e, format!("dead-letter entry {id} of stream `{stream}` to `{dead_letters}`")))?;
+        match reply {
+            Value::Nil => Ok(None),
+            id => parse::message_id(&id).map(Some),
+        }
+    }
+
+    async fn range(&self, stream: &StreamName, start: MessageId, count: usize) -> Result<Vec<Delivery>> {
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(stream.as_str())
+            .arg(start.to_string())
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn.manager())
+            .await
+            .map_err(|e| map_err(e, format!("range of stream `{stream}`")))?;
+        parse::entries(&reply, 0)
+    }
+
+    async fn delete_entries(&self, stream: &StreamName, ids: &[MessageId]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let mut cmd = redis::cmd("XDEL");
+        cmd.arg(stream.as_str());
+        for id in ids {
+            cmd.arg(id.to_string());
+        }
+        cmd.query_async(&mut self.conn.manager())
+            .await
+            .map_err(|e| map_err(e, format!("delete entries of stream `{stream}`")))
+    }
+
+    async fn delete_group(&self, stream: &StreamName, group: &GroupName) -> Result<bool> {
+        let (destroyed, _): (Value, Value) = redis::pipe()
+            .cmd("XGROUP")
+            .arg("DESTROY")
+            .arg(stream.as_str())
+            .arg(group.as_str())
+            .cmd("DEL")
+            .arg(self.keys.due(stream, group))
+            .query_async(&mut self.conn.manager())
+            .await
+            .or_else(|e| {
+                // A missing stream has no group to delete.
+                let missing = e.to_string().to_ascii_lowercase().contains("no such key");
+                if missing {
+                    Ok((Value::Int(0), Value::Nil))
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| map_err(e, format!("delete group `{group}` of stream `{stream}`")))?;
+        Ok(matches!(destroyed, Value::Int(1)))
+    }
+
+    async fn delete_consumer(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        consumer: &ConsumerName,
+        force: bool,
+    ) -> Result<u64> {
+        let (deleted, held): (u64, u64) = scripts::DELETE_CONSUMER
+            .key(stream.as_str())
+            .arg(group.as_str())
+            .arg(consumer.as_str())
+            .arg(if force { "1" } else { "0" })
+            .invoke_async(&mut self.conn.manager())
+            .await
+            .map_err(|e| map_err(e, format!("delete consumer `{consumer}` of group `{group}`")))?;
+        if deleted == 0 {
+            return Err(crate::bus::consumer_busy(stream, group, consumer, held));
+        }
+        Ok(held)
     }
 
     async fn pending(&self, stream: &StreamName, group: &GroupName) -> Result<PendingSummary> {

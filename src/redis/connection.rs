@@ -9,7 +9,10 @@
 use crate::error::{Error, ErrorKind, Result};
 use parking_lot::Mutex;
 use redis::{aio::ConnectionManager, aio::MultiplexedConnection, AsyncConnectionConfig, RedisError};
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
+    time::Duration,
+};
 
 /// Classify a redis-rs error, naming what failed.
 pub(crate) fn map_err(e: RedisError, what: impl std::fmt::Display) -> Error {
@@ -43,7 +46,7 @@ pub(crate) enum Blocking {
     Pool(bb8::Pool<BlockingManager>),
     Dedicated {
         client: redis::Client,
-        idle: Mutex<Vec<MultiplexedConnection>>,
+        idle: Mutex<Vec<Dedicated>>,
         max_idle: usize,
     },
 }
@@ -60,6 +63,47 @@ impl std::fmt::Debug for Blocking {
     }
 }
 
+/// A connection for blocking reads, with its server-side `CLIENT ID` so a
+/// read abandoned by its caller can be unblocked.
+pub(crate) struct Dedicated {
+    conn: MultiplexedConnection,
+    client_id: u64,
+}
+
+impl Dedicated {
+    async fn open(client: &redis::Client) -> Result<Self, RedisError> {
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&AsyncConnectionConfig::new())
+            .await?;
+        let client_id = redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await?;
+        Ok(Self { conn, client_id })
+    }
+}
+
+/// Shared between a blocking read and its caller: the caller marks it
+/// cancelled when it stops waiting; the read publishes which connection it is
+/// blocked on. Both sides use `SeqCst`, so either the read sees the
+/// cancellation before it sends, or the caller sees the client id and unblocks it.
+#[derive(Debug, Default)]
+pub(crate) struct CancelSlot {
+    cancelled: AtomicBool,
+    client_id: AtomicU64,
+}
+
+impl CancelSlot {
+    /// Mark cancelled; the id of the connection to unblock, if one is in use.
+    pub(crate) fn cancel(&self) -> Option<u64> {
+        self.cancelled.store(true, SeqCst);
+        Some(self.client_id.load(SeqCst)).filter(|id| *id != 0)
+    }
+
+    /// Publish `client_id`; false when the caller already stopped waiting.
+    fn enter(&self, client_id: u64) -> bool {
+        self.client_id.store(client_id, SeqCst);
+        !self.cancelled.load(SeqCst)
+    }
+}
+
 /// bb8 manager whose connections are dropped once a command on them failed,
 /// so a checkout needs no `PING` round trip.
 #[cfg(feature = "rt-tokio")]
@@ -67,7 +111,7 @@ pub(crate) struct BlockingManager(pub(crate) redis::Client);
 
 #[cfg(feature = "rt-tokio")]
 pub(crate) struct PooledConn {
-    conn: MultiplexedConnection,
+    inner: Dedicated,
     broken: bool,
 }
 
@@ -77,15 +121,14 @@ impl bb8::ManageConnection for BlockingManager {
     type Error = RedisError;
 
     async fn connect(&self) -> Result<PooledConn, RedisError> {
-        let conn = self
-            .0
-            .get_multiplexed_async_connection_with_config(&AsyncConnectionConfig::new())
-            .await?;
-        Ok(PooledConn { conn, broken: false })
+        Ok(PooledConn {
+            inner: Dedicated::open(&self.0).await?,
+            broken: false,
+        })
     }
 
     async fn is_valid(&self, c: &mut PooledConn) -> Result<(), RedisError> {
-        redis::cmd("PING").query_async::<()>(&mut c.conn).await
+        redis::cmd("PING").query_async::<()>(&mut c.inner.conn).await
     }
 
     fn has_broken(&self, c: &mut PooledConn) -> bool {
@@ -112,8 +155,14 @@ impl Blocking {
         }
     }
 
-    /// Run `cmd` on a blocking connection that waits up to `wait` for the reply.
-    pub(crate) async fn query(&self, cmd: &redis::Cmd, wait: Duration) -> Result<redis::Value, RedisError> {
+    /// Run `pipe` on a blocking connection that waits up to `wait` for the
+    /// reply; `None` when `slot` was cancelled before anything was sent.
+    pub(crate) async fn query(
+        &self,
+        pipe: &redis::Pipeline,
+        wait: Duration,
+        slot: &CancelSlot,
+    ) -> Result<Option<Vec<redis::Value>>, RedisError> {
         match self {
             #[cfg(feature = "rt-tokio")]
             Self::Pool(pool) => {
@@ -124,10 +173,13 @@ impl Blocking {
                         "no pooled connection in time",
                     )),
                 })?;
-                c.conn.set_response_timeout(wait);
-                let out = cmd.query_async(&mut c.conn).await;
+                if !slot.enter(c.inner.client_id) {
+                    return Ok(None);
+                }
+                c.inner.conn.set_response_timeout(wait);
+                let out = pipe.query_async(&mut c.inner.conn).await;
                 c.broken = out.is_err();
-                out
+                out.map(Some)
             }
             Self::Dedicated {
                 client,
@@ -135,23 +187,22 @@ impl Blocking {
                 max_idle,
             } => {
                 let pooled = idle.lock().pop();
-                let mut conn = match pooled {
-                    Some(c) => c,
-                    None => {
-                        client
-                            .get_multiplexed_async_connection_with_config(&AsyncConnectionConfig::new())
-                            .await?
-                    }
+                let mut d = match pooled {
+                    Some(d) => d,
+                    None => Dedicated::open(client).await?,
                 };
-                conn.set_response_timeout(wait);
-                let out = cmd.query_async(&mut conn).await;
+                if !slot.enter(d.client_id) {
+                    return Ok(None);
+                }
+                d.conn.set_response_timeout(wait);
+                let out = pipe.query_async(&mut d.conn).await;
                 if out.is_ok() {
                     let mut idle = idle.lock();
                     if idle.len() < *max_idle {
-                        idle.push(conn);
+                        idle.push(d);
                     }
                 }
-                out
+                out.map(Some)
             }
         }
     }

@@ -7,7 +7,7 @@
 
 use crate::{
     error::{Error, Result},
-    name::{InstanceId, ServiceName, Topic, TopicPattern},
+    name::{GroupName, InstanceId, ServiceName, StreamName, Topic, TopicPattern},
 };
 
 #[derive(Debug, Clone)]
@@ -63,6 +63,12 @@ impl Keys {
             infix: ":liveness:",
             ids,
         }
+    }
+
+    /// Not-before times of a group's delayed retries, kept beside the stream
+    /// (field: entry id, value: unix ms).
+    pub(crate) fn due(&self, stream: &StreamName, group: &GroupName) -> String {
+        format!("{stream}:due:{group}")
     }
 
     pub(crate) fn topic_prefix(&self) -> String {

@@ -19,10 +19,12 @@
 
 mod bus;
 mod connection;
+mod guard;
 mod keys;
 mod liveness;
 pub mod parse;
 mod registry;
+mod scripts;
 
 pub use bus::RedisBus;
 pub use liveness::RedisLiveness;

@@ -4,7 +4,7 @@
 //! error on a reply of unexpected shape, never panics.
 
 use crate::{
-    bus::{Delivery, GroupInfo, MessageId, PendingSummary, StreamInfo},
+    bus::{Delivery, GroupInfo, MessageId, PendingEntry, PendingSummary, StreamInfo},
     error::{Error, Result},
     ErrorKind,
 };
@@ -127,33 +127,51 @@ pub fn read_reply(v: &Value) -> Result<Vec<Delivery>> {
     }
 }
 
-/// An `XAUTOCLAIM` reply: `[cursor, entries, deleted]` (the third part since Redis 7).
-pub(crate) fn autoclaim_reply(v: &Value) -> Result<(Vec<Delivery>, Vec<MessageId>)> {
+/// The claim script's reply: `[[[id, fields, count], ...], [deleted ids]]`.
+pub(crate) fn claim_script_reply(v: &Value) -> Result<(Vec<Delivery>, Vec<MessageId>)> {
     let parts = items(v)
-        .filter(|p| p.len() >= 2)
-        .ok_or_else(|| protocol("XAUTOCLAIM reply is not [cursor, entries, ...]"))?;
-    let claimed = entries(&parts[1], 0)?;
-    let deleted = match parts.get(2) {
-        Some(d) => items(d)
-            .ok_or_else(|| protocol("XAUTOCLAIM deleted ids"))?
-            .iter()
-            .map(message_id)
-            .collect::<Result<_>>()?,
-        None => Vec::new(),
-    };
-    Ok((claimed, deleted))
+        .filter(|p| p.len() == 2)
+        .ok_or_else(|| protocol("claim reply is not [entries, deleted]"))?;
+    let deliveries = items(&parts[0])
+        .ok_or_else(|| protocol("claimed entries are not an array"))?
+        .iter()
+        .map(|row| {
+            let row = items(row)
+                .filter(|r| r.len() == 3)
+                .ok_or_else(|| protocol("claimed entry is not [id, fields, count]"))?;
+            let count = int(&row[2]).ok_or_else(|| protocol("claimed delivery count"))?;
+            entry(&Value::Array(vec![row[0].clone(), row[1].clone()]), count)
+        })
+        .collect::<Result<_>>()?;
+    let deleted = items(&parts[1])
+        .ok_or_else(|| protocol("deleted ids are not an array"))?
+        .iter()
+        .map(message_id)
+        .collect::<Result<_>>()?;
+    Ok((deliveries, deleted))
 }
 
-/// Extended `XPENDING` rows `[id, consumer, idle, count]` as id → count.
-pub(crate) fn pending_counts(v: &Value) -> Result<BTreeMap<MessageId, u64>> {
+/// An array of ids (the renew script's reply).
+pub(crate) fn ids(v: &Value) -> Result<Vec<MessageId>> {
+    items(v)
+        .ok_or_else(|| protocol("ids are not an array"))?
+        .iter()
+        .map(message_id)
+        .collect()
+}
+
+/// Extended `XPENDING` rows `[id, consumer, idle, count]`.
+pub(crate) fn pending_rows(v: &Value) -> Result<Vec<PendingEntry>> {
     let rows = items(v).ok_or_else(|| protocol("XPENDING rows are not an array"))?;
     rows.iter()
         .map(|r| {
             let r = items(r)
                 .filter(|r| r.len() == 4)
                 .ok_or_else(|| protocol("XPENDING row"))?;
-            Ok((
+            Ok(PendingEntry::new(
                 message_id(&r[0])?,
+                string(&r[1]).ok_or_else(|| protocol("XPENDING consumer"))?,
+                std::time::Duration::from_millis(int(&r[2]).ok_or_else(|| protocol("XPENDING idle"))?),
                 int(&r[3]).ok_or_else(|| protocol("XPENDING delivery count"))?,
             ))
         })

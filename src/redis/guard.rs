@@ -1,0 +1,100 @@
+//! Cancel safety for calls whose reply hands entries to a consumer.
+//!
+//! Once `XREADGROUP` (or a claim) has run on the server, its entries belong
+//! to the consumer whether or not anyone reads the reply. A caller that stops
+//! waiting (timeout, `select!`, shutdown) must therefore not simply drop the
+//! call: [`Guarded`] polls the call inline, and if it is dropped first, moves
+//! the unfinished call to a background task that waits for the reply and
+//! releases whatever it handed out ([`Release::Unhandled`](crate::Release)).
+//! A blocking read is also unblocked at once (`CLIENT UNBLOCK`, queued on the
+//! shared connection before the caller's next command), so its pooled
+//! connection is free again and the next entry goes to a live consumer.
+
+use super::connection::CancelSlot;
+use crate::{error::Result, rt};
+use futures_util::future::BoxFuture;
+use redis::aio::ConnectionManager;
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll, Waker},
+};
+
+/// What to do with a reply nobody waits for any more.
+pub(crate) type Orphan<T> = Box<dyn FnOnce(T) -> BoxFuture<'static, ()> + Send>;
+
+/// A call that, when dropped unfinished, finishes in the background and hands its reply to an [`Orphan`].
+pub(crate) struct Guarded<T: Send + 'static> {
+    call: Option<BoxFuture<'static, Result<T>>>,
+    orphan: Option<Orphan<T>>,
+    unblock: Option<(Arc<CancelSlot>, ConnectionManager)>,
+}
+
+impl<T: Send + 'static> Guarded<T> {
+    pub(crate) fn new(call: BoxFuture<'static, Result<T>>, orphan: Orphan<T>) -> Self {
+        Self {
+            call: Some(call),
+            orphan: Some(orphan),
+            unblock: None,
+        }
+    }
+
+    /// On cancellation, unblock the connection `slot` names, through `manager`.
+    pub(crate) fn unblock_with(mut self, slot: Arc<CancelSlot>, manager: ConnectionManager) -> Self {
+        self.unblock = Some((slot, manager));
+        self
+    }
+}
+
+impl<T: Send + 'static> Future for Guarded<T> {
+    type Output = Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        let Some(call) = self.call.as_mut() else {
+            return Poll::Pending;
+        };
+        let out = std::task::ready!(call.as_mut().poll(cx));
+        self.call = None;
+        Poll::Ready(out)
+    }
+}
+
+impl<T: Send + 'static> Drop for Guarded<T> {
+    fn drop(&mut self) {
+        let (Some(call), Some(orphan)) = (self.call.take(), self.orphan.take()) else {
+            return;
+        };
+        if let Some((slot, manager)) = self.unblock.take() {
+            if let Some(client_id) = slot.cancel() {
+                unblock(manager, client_id);
+            }
+        }
+        rt::spawn_detached(async move {
+            if let Ok(reply) = call.await {
+                orphan(reply).await;
+            }
+        });
+    }
+}
+
+/// Queue `CLIENT UNBLOCK` now, so it reaches the server before anything the
+/// caller sends next on the shared connection; finish it in the background.
+fn unblock(manager: ConnectionManager, client_id: u64) {
+    let mut send: BoxFuture<'static, ()> = Box::pin(async move {
+        let mut manager = manager;
+        let done = redis::cmd("CLIENT")
+            .arg("UNBLOCK")
+            .arg(client_id)
+            .query_async::<redis::Value>(&mut manager)
+            .await;
+        if let Err(e) = done {
+            tracing::debug!(event = "unblock_failed", client_id, error = %e);
+        }
+    });
+    // The first poll writes the command into the connection's queue.
+    let mut cx = Context::from_waker(Waker::noop());
+    if send.as_mut().poll(&mut cx).is_pending() {
+        rt::spawn_detached(send);
+    }
+}
