@@ -74,6 +74,7 @@ mod backend_support;
 mod bus;
 mod capabilities;
 pub mod clock;
+pub mod consumer;
 mod envelope;
 mod error;
 pub mod health;

@@ -101,7 +101,6 @@ pub(crate) fn spawn<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'st
 }
 
 /// Spawn `fut` on the current runtime and let it run to its end.
-#[cfg(any(feature = "http", feature = "redis"))]
 pub(crate) fn spawn_detached(fut: impl Future<Output = ()> + Send + 'static) {
     Runtime::current().spawn_detached(fut);
 }

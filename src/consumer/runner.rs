@@ -1,0 +1,778 @@
+//! The runner: read → handle → ack, with leases, retries, dead letters and a drain.
+
+use super::{
+    config::RunnerConfig,
+    dead_letter::{default_stream, DeadLetter},
+    handler::{Action, Handler, HandlerError, HandlerResult},
+    stats::{RunnerCounts, RunnerStats},
+};
+use crate::{
+    clock,
+    error::{Error, ErrorKind, Result},
+    name::{ConsumerName, GroupName, StreamName},
+    rt, Delivery, EventBus, MessageId, ReadOptions, Release,
+};
+use futures_util::{future::BoxFuture, stream::FuturesUnordered, FutureExt, StreamExt};
+use std::{
+    collections::HashMap,
+    fmt,
+    future::{poll_fn, Future},
+    panic::AssertUnwindSafe,
+    pin::pin,
+    sync::Arc,
+    task::Poll,
+    time::{Duration, Instant},
+};
+
+/// How long a read may wait while handlers are still running, so their acks
+/// ride with a read soon after they finish.
+const BUSY_BLOCK: Duration = Duration::from_millis(250);
+
+/// A hook called with each record written to the dead-letter stream.
+pub type OnDead = Arc<dyn Fn(&DeadLetter) + Send + Sync>;
+
+/// At-least-once consumption of one stream by one consumer of a group, over
+/// any [`EventBus`]: every entry ends acked or dead-lettered, never stranded.
+///
+/// - Reads only as many entries as it has free handler slots; acks ride
+///   with the next read (one round trip per batch in steady state).
+/// - Keeps the lease of entries it is handling fresh, and takes over entries
+///   idle longer than the lease from consumers that died (exact delivery counts).
+/// - A failed entry is retried after the backoff (or the delay the handler
+///   asked for) and dead-lettered after `max_deliveries`, atomically.
+/// - On restart under the same consumer name it first handles its own pending entries.
+/// - When `stop` resolves it drains: no more reads, in-flight handlers get
+///   `drain_timeout` to finish, the rest is released for immediate redelivery uncounted.
+/// - A store that is down is waited out with backoff; only a configuration
+///   error (say, a key of the wrong type) ends the runner.
+///
+/// ```
+/// # #[cfg(feature = "memory")]
+/// # async_io::block_on(async {
+/// use fleetwire::{consumer::{Runner, HandlerResult}, memory::MemoryBus, EventBus, Envelope, StreamName, GroupName, ConsumerName};
+/// use std::sync::Arc;
+///
+/// let bus: Arc<dyn EventBus> = Arc::new(MemoryBus::new());
+/// let stream = StreamName::new("orders")?;
+/// let runner = Runner::builder(bus.clone(), stream.clone(), GroupName::new("billing")?, ConsumerName::new("w1")?)
+///     .handler(|d: fleetwire::Delivery| async move {
+///         println!("{}", d.envelope()?.kind);
+///         HandlerResult::Ok(())
+///     })
+///     .build()?;
+/// let stop = fleetwire::service::Shutdown::default();
+/// stop.trigger(); // a service passes `ctx.stopped()` instead
+/// runner.run(stop.wait()).await?;
+/// # Ok::<(), fleetwire::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Runner {
+    inner: Arc<Shared>,
+}
+
+struct Shared {
+    bus: Arc<dyn EventBus>,
+    stream: StreamName,
+    group: GroupName,
+    consumer: ConsumerName,
+    dead_letters: StreamName,
+    config: RunnerConfig,
+    handler: Arc<dyn Handler>,
+    on_dead: Option<OnDead>,
+    stats: Arc<RunnerStats>,
+}
+
+impl fmt::Debug for Runner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.inner;
+        f.debug_struct("Runner")
+            .field("stream", &s.stream)
+            .field("group", &s.group)
+            .field("consumer", &s.consumer)
+            .field("config", &s.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Runner`]; every setting defaults as [`RunnerConfig`] documents.
+pub struct RunnerBuilder {
+    bus: Arc<dyn EventBus>,
+    stream: StreamName,
+    group: GroupName,
+    consumer: ConsumerName,
+    config: RunnerConfig,
+    handler: Option<Arc<dyn Handler>>,
+    on_dead: Option<OnDead>,
+}
+
+impl fmt::Debug for RunnerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunnerBuilder")
+            .field("stream", &self.stream)
+            .field("group", &self.group)
+            .field("consumer", &self.consumer)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RunnerBuilder {
+    /// The handler (required).
+    pub fn handler(mut self, handler: impl Handler) -> Self {
+        self.handler = Some(Arc::new(handler));
+        self
+    }
+
+    /// Replace every setting at once.
+    pub fn config(mut self, config: RunnerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Handlers running at once (default 8).
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.config.concurrency = n;
+        self
+    }
+
+    /// Idle time after which another consumer takes an entry over (default 30 s).
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.config.lease = lease;
+        self
+    }
+
+    /// Deliveries after which a failing entry is dead-lettered (default 10).
+    pub fn max_deliveries(mut self, n: u64) -> Self {
+        self.config.max_deliveries = n;
+        self
+    }
+
+    /// Retry delays (default exponential 1 s ×2 up to 10 min, full jitter).
+    pub fn backoff(mut self, backoff: super::Backoff) -> Self {
+        self.config.backoff = backoff;
+        self
+    }
+
+    /// Per-attempt time limit of the handler (default 5 min).
+    pub fn handler_timeout(mut self, d: Duration) -> Self {
+        self.config.handler_timeout = d;
+        self
+    }
+
+    /// Time in-flight handlers get to finish at shutdown (default 25 s).
+    pub fn drain_timeout(mut self, d: Duration) -> Self {
+        self.config.drain_timeout = d;
+        self
+    }
+
+    /// How often, and how many at most, idle entries are taken over (default every 5 s, 100).
+    pub fn reaper(mut self, every: Duration, batch: usize) -> Self {
+        self.config.reap_every = every;
+        self.config.reap_batch = batch;
+        self
+    }
+
+    /// The dead-letter stream (default `{stream}:dlq`).
+    pub fn dead_letters(mut self, stream: StreamName) -> Self {
+        self.config.dead_letters = Some(stream);
+        self
+    }
+
+    /// Called with each record written to the dead-letter stream.
+    pub fn on_dead(mut self, hook: impl Fn(&DeadLetter) + Send + Sync + 'static) -> Self {
+        self.on_dead = Some(Arc::new(hook));
+        self
+    }
+
+    /// Check the settings and build the runner.
+    pub fn build(self) -> Result<Runner> {
+        let c = &self.config;
+        let handler = self
+            .handler
+            .ok_or_else(|| Error::invalid("consumer runner needs a handler"))?;
+        if c.concurrency == 0 || c.reap_batch == 0 || c.max_deliveries == 0 {
+            return Err(Error::invalid(
+                "consumer runner: concurrency, reap batch and max deliveries must be at least 1",
+            ));
+        }
+        if c.lease < Duration::from_millis(3) {
+            return Err(Error::invalid("consumer runner: the lease must be at least 3 ms"));
+        }
+        let dead_letters = match &c.dead_letters {
+            Some(s) => s.clone(),
+            None => default_stream(&self.stream)?,
+        };
+        Ok(Runner {
+            inner: Arc::new(Shared {
+                bus: self.bus,
+                stream: self.stream,
+                group: self.group,
+                consumer: self.consumer,
+                dead_letters,
+                config: self.config,
+                handler,
+                on_dead: self.on_dead,
+                stats: Arc::default(),
+            }),
+        })
+    }
+}
+
+impl Runner {
+    /// Configure a runner for `consumer` of `group` on `stream`.
+    pub fn builder(
+        bus: Arc<dyn EventBus>,
+        stream: StreamName,
+        group: GroupName,
+        consumer: ConsumerName,
+    ) -> RunnerBuilder {
+        RunnerBuilder {
+            bus,
+            stream,
+            group,
+            consumer,
+            config: RunnerConfig::default(),
+            handler: None,
+            on_dead: None,
+        }
+    }
+
+    /// Live counters.
+    pub fn stats(&self) -> &RunnerStats {
+        &self.inner.stats
+    }
+
+    /// The dead-letter stream this runner writes to.
+    pub fn dead_letter_stream(&self) -> &StreamName {
+        &self.inner.dead_letters
+    }
+
+    /// Consume until `stop` resolves, then drain; returns the counters.
+    ///
+    /// Creates the group if needed. Ends early only on a non-temporary
+    /// store error (a configuration problem); temporary ones are retried.
+    ///
+    /// # Cancel safety
+    /// Prefer resolving `stop`, which drains. Dropping the future instead
+    /// cancels the handlers and, in the background, sends the acks it held
+    /// and releases the unfinished entries for immediate redelivery, so
+    /// nothing is lost; if the store cannot be reached then, those entries are
+    /// redelivered after the lease.
+    pub async fn run(&self, stop: impl Future<Output = ()> + Send) -> Result<RunnerCounts> {
+        let mut stop = pin!(stop.fuse());
+        let shared = &self.inner;
+        let mut session = Session::new(shared.clone());
+        if session.ensure_group(&mut stop).await? {
+            let served = session.serve(&mut stop).await;
+            session.drain().await;
+            served?;
+        }
+        Ok(shared.stats.snapshot())
+    }
+}
+
+/// What a finished handler task reports.
+struct Finished {
+    delivery: Delivery,
+    started_ms: u64,
+    result: HandlerResult,
+}
+
+type ReadCall = BoxFuture<'static, (Result<Vec<Delivery>>, Vec<MessageId>)>;
+
+/// The state of one `run`.
+struct Session {
+    r: Arc<Shared>,
+    in_flight: FuturesUnordered<BoxFuture<'static, Finished>>,
+    /// Entries being handled (their leases are renewed).
+    held: HashMap<MessageId, ()>,
+    /// Acks waiting to ride with the next read.
+    acks: Vec<MessageId>,
+    read: Option<ReadCall>,
+    /// Own pending entries still to take back after a restart, from this id on.
+    recovering: Option<MessageId>,
+    next_reap: Instant,
+    next_renew: Instant,
+    paused_until: Option<Instant>,
+    store_backoff: Duration,
+}
+
+enum Wake {
+    Stop,
+    Finished(Finished),
+    Read(Result<Vec<Delivery>>, Vec<MessageId>),
+    Timer,
+}
+
+impl Session {
+    fn new(r: Arc<Shared>) -> Self {
+        let now = Instant::now();
+        let store_backoff = r.config.store_retry;
+        Self {
+            in_flight: FuturesUnordered::new(),
+            held: HashMap::new(),
+            acks: Vec::new(),
+            read: None,
+            recovering: Some(MessageId::ZERO),
+            next_reap: now + r.config.reap_every,
+            next_renew: now + r.config.lease / 3,
+            paused_until: None,
+            store_backoff,
+            r,
+        }
+    }
+
+    fn free(&self) -> usize {
+        self.r.config.concurrency.saturating_sub(self.in_flight.len())
+    }
+
+    /// Create the group, waiting out a store that is down; false when stopped first.
+    async fn ensure_group(&mut self, stop: &mut (impl Future<Output = ()> + Unpin)) -> Result<bool> {
+        use futures_util::future::{select, Either};
+        let r = self.r.clone();
+        loop {
+            let attempt = r.bus.ensure_group(&r.stream, &r.group, r.config.start);
+            let err = match select(&mut *stop, attempt).await {
+                Either::Left(_) => return Ok(false),
+                Either::Right((Ok(_), _)) => return Ok(true),
+                Either::Right((Err(e), _)) if e.is_temporary() => e,
+                Either::Right((Err(e), _)) => return Err(e),
+            };
+            r.stats.add_store_errors(1);
+            tracing::warn!(event = "consumer_store_unavailable", stream = %r.stream, error = %err);
+            let pause = self.next_backoff();
+            if rt::timeout(pause, &mut *stop).await.is_ok() {
+                return Ok(false);
+            }
+        }
+    }
+
+    async fn serve(&mut self, stop: &mut (impl Future<Output = ()> + Unpin)) -> Result<()> {
+        loop {
+            while let Some(Some(done)) = self.in_flight.next().now_or_never() {
+                self.finish(done).await;
+            }
+            let now = Instant::now();
+            if self.paused_until.is_some_and(|t| t > now) {
+                // Store trouble: only finish handlers until the pause ends.
+            } else if self.free() > 0 && self.recovering.is_some() {
+                let step = self.recover_step().await;
+                self.after_store_call(step).await?;
+                continue;
+            } else if now >= self.next_reap {
+                self.next_reap = now + self.r.config.reap_every;
+                let step = self.reap().await;
+                self.after_store_call(step).await?;
+                continue;
+            } else if now >= self.next_renew {
+                self.next_renew = now + self.r.config.lease / 3;
+                let step = self.renew().await;
+                self.after_store_call(step).await?;
+                continue;
+            } else if self.read.is_none() && self.wants_read() {
+                self.read = Some(self.start_read());
+            }
+            match self.wait(stop).await {
+                Wake::Stop => return Ok(()),
+                Wake::Finished(done) => self.finish(done).await,
+                Wake::Read(got, acks) => {
+                    self.read = None;
+                    let step = match got {
+                        Ok(deliveries) => {
+                            self.r.stats.add_acked(acks.len() as u64);
+                            self.dispatch(deliveries).await;
+                            Ok(())
+                        }
+                        Err(e) => {
+                            // Acks are idempotent: resend them with the next read.
+                            self.acks.extend(acks);
+                            Err(e)
+                        }
+                    };
+                    self.after_store_call(step).await?;
+                }
+                Wake::Timer => {}
+            }
+        }
+    }
+
+    fn wants_read(&self) -> bool {
+        let free = self.free();
+        free > 0
+            && self.recovering.is_none()
+            && (self.in_flight.is_empty() || free * 4 >= self.r.config.concurrency || !self.acks.is_empty())
+    }
+
+    fn start_read(&mut self) -> ReadCall {
+        let acks = std::mem::take(&mut self.acks);
+        let block = if self.in_flight.is_empty() {
+            self.r.config.block
+        } else {
+            self.r.config.block.min(BUSY_BLOCK)
+        };
+        let options = ReadOptions::count(self.free()).block(block);
+        let r = self.r.clone();
+        Box::pin(async move {
+            let got = r
+                .bus
+                .ack_and_read(&r.stream, &r.group, &r.consumer, &acks, options)
+                .await;
+            (got, acks)
+        })
+    }
+
+    /// The next thing that happens: stop, a handler done, the read back, or a timer.
+    async fn wait(&mut self, stop: &mut (impl Future<Output = ()> + Unpin)) -> Wake {
+        let now = Instant::now();
+        let mut wake_at = self.next_reap.min(self.next_renew);
+        if let Some(t) = self.paused_until.filter(|t| *t > now) {
+            wake_at = t;
+        }
+        let mut timer = pin!(rt::sleep(wake_at.saturating_duration_since(now)));
+        let (in_flight, read) = (&mut self.in_flight, &mut self.read);
+        poll_fn(|cx| {
+            if stop.poll_unpin(cx).is_ready() {
+                return Poll::Ready(Wake::Stop);
+            }
+            if let Poll::Ready(Some(done)) = in_flight.poll_next_unpin(cx) {
+                return Poll::Ready(Wake::Finished(done));
+            }
+            if let Some(call) = read.as_mut() {
+                if let Poll::Ready((got, acks)) = call.as_mut().poll(cx) {
+                    return Poll::Ready(Wake::Read(got, acks));
+                }
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Wake::Timer);
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Back off after a temporary store error; recreate a vanished group;
+    /// end on anything else.
+    async fn after_store_call(&mut self, step: Result<()>) -> Result<()> {
+        let e = match step {
+            Ok(()) => {
+                self.store_backoff = self.r.config.store_retry;
+                self.paused_until = None;
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        self.r.stats.add_store_errors(1);
+        if e.kind() == ErrorKind::NotFound {
+            // The group vanished: deleted, or a Redis restarted without persistence.
+            tracing::warn!(event = "consumer_group_missing", stream = %self.r.stream, group = %self.r.group, error = %e, "recreating it");
+            let r = &self.r;
+            return match r.bus.ensure_group(&r.stream, &r.group, r.config.start).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.is_temporary() => {
+                    self.pause();
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            };
+        }
+        if !e.is_temporary() {
+            tracing::error!(event = "consumer_stopped", stream = %self.r.stream, group = %self.r.group, error = %e);
+            return Err(e);
+        }
+        tracing::warn!(event = "consumer_store_unavailable", stream = %self.r.stream, group = %self.r.group, error = %e, "backing off");
+        self.pause();
+        Ok(())
+    }
+
+    fn pause(&mut self) {
+        let d = self.next_backoff();
+        self.paused_until = Some(Instant::now() + d);
+    }
+
+    fn next_backoff(&mut self) -> Duration {
+        let d = self.store_backoff;
+        self.store_backoff = (d * 2).min(self.r.config.store_retry_max);
+        d
+    }
+
+    /// Hand entries to handlers; dead-letter those past their last delivery.
+    async fn dispatch(&mut self, deliveries: Vec<Delivery>) {
+        for d in deliveries {
+            if self.held.contains_key(&d.id) {
+                continue;
+            }
+            if d.delivery_count > self.r.config.max_deliveries {
+                let reason = format!(
+                    "delivered {} times, more than the limit of {}, without finishing",
+                    d.delivery_count, self.r.config.max_deliveries
+                );
+                self.dead_letter(d, reason, clock::unix_ms()).await;
+                continue;
+            }
+            self.r.stats.add_delivered(1);
+            self.held.insert(d.id, ());
+            self.in_flight.push(spawn_handler(&self.r, d));
+        }
+    }
+
+    async fn finish(&mut self, done: Finished) {
+        self.held.remove(&done.delivery.id);
+        match done.result {
+            Ok(()) => self.acks.push(done.delivery.id),
+            Err(e) => self.fail(done.delivery, done.started_ms, e).await,
+        }
+    }
+
+    async fn fail(&mut self, d: Delivery, started_ms: u64, e: HandlerError) {
+        let c = &self.r.config;
+        let attempt = d.delivery_count;
+        let delay = match e.action() {
+            Action::DeadLetter => None,
+            _ if attempt >= c.max_deliveries => None,
+            Action::RetryAfter(delay) => Some(delay),
+            _ => Some(c.backoff.delay(attempt)),
+        };
+        let Some(delay) = delay else {
+            let reason = match e.action() {
+                Action::DeadLetter => e.reason().to_owned(),
+                _ => format!("gave up after {attempt} deliveries: {}", e.reason()),
+            };
+            return self.dead_letter(d, reason, started_ms).await;
+        };
+        let r = &self.r;
+        tracing::debug!(event = "consumer_retry", stream = %r.stream, id = %d.id, attempt, delay_ms = clock::duration_ms(delay), reason = e.reason());
+        match r
+            .bus
+            .release(
+                &r.stream,
+                &r.group,
+                &r.consumer,
+                &[d.id],
+                Release::RetryAfter(delay),
+            )
+            .await
+        {
+            Ok(_) => r.stats.add_retried(1),
+            Err(err) => tracing::warn!(
+                event = "consumer_retry_not_scheduled",
+                stream = %r.stream, id = %d.id, error = %err,
+                "the entry stays pending and is retried after its lease"
+            ),
+        }
+    }
+
+    async fn dead_letter(&mut self, d: Delivery, reason: String, started_ms: u64) {
+        let r = &self.r;
+        let now = clock::unix_ms();
+        let letter = DeadLetter {
+            original_id: d.id.to_string(),
+            stream: r.stream.to_string(),
+            group: r.group.to_string(),
+            consumer: r.consumer.to_string(),
+            reason,
+            attempts: d.delivery_count,
+            published_at_ms: d.id.ms,
+            first_delivered_at_ms: (d.delivery_count <= 1).then_some(started_ms),
+            last_delivered_at_ms: started_ms,
+            dead_at_ms: now,
+            body: d.body.to_vec(),
+        };
+        let moved = match letter.encode() {
+            Ok(record) => {
+                r.bus
+                    .dead_letter(
+                        &r.stream,
+                        &r.group,
+                        d.id,
+                        &r.dead_letters,
+                        &record,
+                        r.config.dead_letter_max_len,
+                    )
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match moved {
+            Ok(Some(dead_id)) => {
+                r.stats.add_dead_lettered(1);
+                tracing::warn!(event = "dead_lettered", stream = %r.stream, group = %r.group, id = %d.id, dead_id = %dead_id, attempts = letter.attempts, reason = %letter.reason);
+                if let Some(hook) = &r.on_dead {
+                    hook(&letter);
+                }
+            }
+            Ok(None) => tracing::debug!(event = "dead_letter_skipped", id = %d.id, "no longer pending"),
+            Err(e) => tracing::warn!(
+                event = "dead_letter_failed",
+                stream = %r.stream, id = %d.id, error = %e,
+                "the entry stays pending and is dead-lettered after its lease"
+            ),
+        }
+    }
+
+    /// Take back this consumer's own pending entries (a restart), a slot-full at a time.
+    async fn recover_step(&mut self) -> Result<()> {
+        let Some(from) = self.recovering else {
+            return Ok(());
+        };
+        let r = self.r.clone();
+        let rows = r
+            .bus
+            .pending_entries(&r.stream, &r.group, Some(r.consumer.clone()), from, self.free())
+            .await?;
+        let Some(last) = rows.last() else {
+            self.recovering = None;
+            return Ok(());
+        };
+        self.recovering = Some(last.id.next());
+        let ids: Vec<MessageId> = rows
+            .iter()
+            .map(|p| p.id)
+            .filter(|id| !self.held.contains_key(id))
+            .collect();
+        let claimed = r
+            .bus
+            .claim_ids(&r.stream, &r.group, &r.consumer, Duration::ZERO, &ids)
+            .await?;
+        self.take_over(claimed).await;
+        Ok(())
+    }
+
+    /// Take over entries idle longer than the lease.
+    async fn reap(&mut self) -> Result<()> {
+        let want = self.free().min(self.r.config.reap_batch);
+        if want == 0 {
+            return Ok(());
+        }
+        let r = self.r.clone();
+        let claimed = r
+            .bus
+            .claim(&r.stream, &r.group, &r.consumer, r.config.lease, want)
+            .await?;
+        self.take_over(claimed).await;
+        Ok(())
+    }
+
+    async fn take_over(&mut self, claimed: crate::Claimed) {
+        let r = &self.r;
+        if !claimed.deleted.is_empty() {
+            r.stats.add_trimmed(claimed.deleted.len() as u64);
+            tracing::warn!(event = "pending_entries_trimmed", stream = %r.stream, group = %r.group, count = claimed.deleted.len(), "entries were trimmed from the stream before they were handled");
+        }
+        r.stats.add_reclaimed(claimed.deliveries.len() as u64);
+        self.dispatch(claimed.deliveries).await;
+    }
+
+    /// Keep the leases of the entries being handled.
+    async fn renew(&mut self) -> Result<()> {
+        if self.held.is_empty() {
+            return Ok(());
+        }
+        let r = self.r.clone();
+        let ids: Vec<MessageId> = self.held.keys().copied().collect();
+        let kept = r.bus.renew(&r.stream, &r.group, &r.consumer, &ids).await?;
+        if kept.len() < ids.len() {
+            let lost = (ids.len() - kept.len()) as u64;
+            r.stats.add_leases_lost(lost);
+            tracing::warn!(event = "consumer_leases_lost", stream = %r.stream, count = lost, "another consumer took over entries still being handled; they may be handled twice");
+        }
+        Ok(())
+    }
+
+    /// Stop reading, let handlers finish within the drain timeout, release the
+    /// rest uncounted, send the acks, and leave the group if holding nothing.
+    async fn drain(&mut self) {
+        self.read = None;
+        let deadline = Instant::now() + self.r.config.drain_timeout;
+        while !self.in_flight.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rt::timeout(left, self.in_flight.next()).await {
+                Ok(Some(done)) => self.finish(done).await,
+                _ => break,
+            }
+        }
+        self.in_flight = FuturesUnordered::new();
+        let r = self.r.clone();
+        let unfinished: Vec<MessageId> = self.held.drain().map(|(id, ())| id).collect();
+        if !unfinished.is_empty() {
+            match r
+                .bus
+                .release(&r.stream, &r.group, &r.consumer, &unfinished, Release::Unhandled)
+                .await
+            {
+                Ok(n) => r.stats.add_released(n),
+                Err(e) => {
+                    tracing::warn!(event = "consumer_release_failed", stream = %r.stream, error = %e, "unfinished entries are redelivered after their lease")
+                }
+            }
+        }
+        let acks = std::mem::take(&mut self.acks);
+        if !acks.is_empty() {
+            match r.bus.ack(&r.stream, &r.group, &acks).await {
+                Ok(_) => r.stats.add_acked(acks.len() as u64),
+                Err(e) => {
+                    tracing::warn!(event = "consumer_final_ack_failed", stream = %r.stream, count = acks.len(), error = %e, "those entries are redelivered after their lease")
+                }
+            }
+        }
+        match r
+            .bus
+            .delete_consumer(&r.stream, &r.group, &r.consumer, false)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::Conflict => {}
+            Err(e) => tracing::debug!(event = "consumer_not_removed", error = %e),
+        }
+    }
+}
+
+impl Drop for Session {
+    /// The run future was dropped without a drain: hand back what it held, in the background.
+    fn drop(&mut self) {
+        let unfinished: Vec<MessageId> = self.held.drain().map(|(id, ())| id).collect();
+        let acks = std::mem::take(&mut self.acks);
+        if unfinished.is_empty() && acks.is_empty() {
+            return;
+        }
+        let r = self.r.clone();
+        rt::spawn_detached(async move {
+            if !acks.is_empty() {
+                let _ = r.bus.ack(&r.stream, &r.group, &acks).await;
+            }
+            if !unfinished.is_empty() {
+                let released = r
+                    .bus
+                    .release(&r.stream, &r.group, &r.consumer, &unfinished, Release::Unhandled)
+                    .await;
+                if let Ok(n) = released {
+                    r.stats.add_released(n);
+                }
+            }
+        });
+    }
+}
+
+/// Run the handler on its own task, bounded by the handler timeout, a panic
+/// counted as a failure. Dropping the returned future cancels the task.
+fn spawn_handler(r: &Arc<Shared>, delivery: Delivery) -> BoxFuture<'static, Finished> {
+    let handler = r.handler.clone();
+    let limit = r.config.handler_timeout;
+    let task = rt::spawn(async move {
+        let started_ms = clock::unix_ms();
+        let call = AssertUnwindSafe(handler.handle(delivery.clone())).catch_unwind();
+        let result = match rt::timeout(limit, call).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(HandlerError::retry("the handler panicked")),
+            Err(_) => Err(HandlerError::retry(format!(
+                "the handler timed out after {limit:?}"
+            ))),
+        };
+        Finished {
+            delivery,
+            started_ms,
+            result,
+        }
+    });
+    Box::pin(task.join())
+}
