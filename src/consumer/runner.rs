@@ -173,6 +173,25 @@ impl RunnerBuilder {
         self
     }
 
+    /// How long an idle read waits for new entries (default 2 s).
+    pub fn block(mut self, d: Duration) -> Self {
+        self.config.block = d;
+        self
+    }
+
+    /// Backoff after a store error, from `first` doubling to `max` (default 100 ms to 5 s).
+    pub fn store_retry(mut self, first: Duration, max: Duration) -> Self {
+        self.config.store_retry = first;
+        self.config.store_retry_max = max;
+        self
+    }
+
+    /// Where a group the runner creates starts reading (default latest).
+    pub fn start_from(mut self, start: crate::StartFrom) -> Self {
+        self.config.start = start;
+        self
+    }
+
     /// The dead-letter stream (default `{stream}:dlq`).
     pub fn dead_letters(mut self, stream: StreamName) -> Self {
         self.config.dead_letters = Some(stream);
@@ -290,6 +309,8 @@ struct Session {
     /// Acks waiting to ride with the next read.
     acks: Vec<MessageId>,
     read: Option<ReadCall>,
+    /// Acks sent with the read in flight: if that read is abandoned, they are resent.
+    riding: Vec<MessageId>,
     /// Own pending entries still to take back after a restart, from this id on.
     recovering: Option<MessageId>,
     next_reap: Instant,
@@ -314,6 +335,7 @@ impl Session {
             held: HashMap::new(),
             acks: Vec::new(),
             read: None,
+            riding: Vec::new(),
             recovering: Some(MessageId::ZERO),
             next_reap: now + r.config.reap_every,
             next_renew: now + r.config.lease / 3,
@@ -378,6 +400,7 @@ impl Session {
                 Wake::Finished(done) => self.finish(done).await,
                 Wake::Read(got, acks) => {
                     self.read = None;
+                    self.riding.clear();
                     let step = match got {
                         Ok(deliveries) => {
                             self.r.stats.add_acked(acks.len() as u64);
@@ -406,6 +429,7 @@ impl Session {
 
     fn start_read(&mut self) -> ReadCall {
         let acks = std::mem::take(&mut self.acks);
+        self.riding = acks.clone();
         let block = if self.in_flight.is_empty() {
             self.r.config.block
         } else {
@@ -682,7 +706,10 @@ impl Session {
     /// Stop reading, let handlers finish within the drain timeout, release the
     /// rest uncounted, send the acks, and leave the group if holding nothing.
     async fn drain(&mut self) {
-        self.read = None;
+        if self.read.take().is_some() {
+            // Whether its acks reached the store is unknown: acks are idempotent, resend them.
+            self.acks.append(&mut self.riding);
+        }
         let deadline = Instant::now() + self.r.config.drain_timeout;
         while !self.in_flight.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -731,7 +758,10 @@ impl Drop for Session {
     /// The run future was dropped without a drain: hand back what it held, in the background.
     fn drop(&mut self) {
         let unfinished: Vec<MessageId> = self.held.drain().map(|(id, ())| id).collect();
-        let acks = std::mem::take(&mut self.acks);
+        let mut acks = std::mem::take(&mut self.acks);
+        if self.read.take().is_some() {
+            acks.append(&mut self.riding);
+        }
         if unfinished.is_empty() && acks.is_empty() {
             return;
         }
