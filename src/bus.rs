@@ -332,8 +332,7 @@ impl SubscriptionStats {
     pub fn record_reconnect(&self, gap: Duration) {
         use std::sync::atomic::Ordering::Relaxed;
         self.reconnects.fetch_add(1, Relaxed);
-        self.gap_ms
-            .fetch_add(crate::clock::duration_ms(gap), Relaxed);
+        self.gap_ms.fetch_add(crate::clock::duration_ms(gap), Relaxed);
     }
 }
 
@@ -387,7 +386,12 @@ impl Stream for Subscription {
 
 /// The refusal to delete a consumer that holds entries, the same from every backend.
 #[cfg_attr(not(any(feature = "memory", feature = "redis")), allow(dead_code))]
-pub(crate) fn consumer_busy(stream: &StreamName, group: &GroupName, consumer: &ConsumerName, held: u64) -> Error {
+pub(crate) fn consumer_busy(
+    stream: &StreamName,
+    group: &GroupName,
+    consumer: &ConsumerName,
+    held: u64,
+) -> Error {
     Error::new(
         crate::ErrorKind::Conflict,
         format!(

@@ -8,8 +8,8 @@ use crate::{
     error::{Error, Result},
     name::{ConsumerName, GroupName, InstanceId, ServiceName, StreamName, Topic, TopicPattern},
     Backlog, Capabilities, Claimed, Delivery, Envelope, EventBus, Health, HealthServer, Instance,
-    LivenessStore, MessageId, PendingEntry, PendingSummary, ReadOptions, Release, RegistryStore, StartFrom, StreamInfo,
-    Subscription,
+    LivenessStore, MessageId, PendingEntry, PendingSummary, ReadOptions, RegistryStore, Release, StartFrom,
+    StreamInfo, Subscription,
 };
 use async_trait::async_trait;
 use std::{net::SocketAddr, time::Duration};
