@@ -57,9 +57,7 @@ pub struct Report {
 
 impl Report {
     async fn case(&mut self, name: &'static str, f: impl Future<Output = CaseResult>) {
-        let t0 = std::time::Instant::now();
         let result = f.await;
-        eprintln!("TIMING {name} {:?}", t0.elapsed());
         if let Err(e) = &result {
             tracing::error!(case = name, "conformance case failed: {e}");
         }
