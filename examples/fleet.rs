@@ -14,7 +14,8 @@ use fleetwire::{
     request::{self, RequestClient},
     service::{Context, Lifecycle, Service},
     topology::{Role, Topology},
-    ConsumerName, Envelope, EventBus, EventBusExt, ReadOptions, RegistryStore, Result,
+    consumer::{HandlerResult, Runner},
+    ConsumerName, Delivery, Envelope, EventBus, EventBusExt, ReadOptions, RegistryStore, Result,
 };
 use std::{
     sync::{
@@ -70,7 +71,7 @@ struct Worker {
     bus: Arc<dyn EventBus>,
     topology: Topology,
     counters: Arc<Counters>,
-    tools: tokio::sync::OnceCell<RequestClient>,
+    tools: Arc<tokio::sync::OnceCell<RequestClient>>,
 }
 
 #[async_trait]
@@ -85,41 +86,37 @@ impl Service for Worker {
         Ok(())
     }
 
+    /// The at-least-once runner does the read / ack / retry / dead-letter
+    /// loop; a Redis restart is waited out, not fatal.
     async fn run(&self, ctx: &Context) -> Result<()> {
-        let me = ConsumerName::new(ctx.instance().as_str())?;
-        let (inbound, group) = (&self.topology.inbound, &self.topology.worker_group);
+        let (bus, counters, tools) = (self.bus.clone(), self.counters.clone(), self.tools.clone());
         let outbound = self.topology.outbound("webchat")?;
-        while !ctx.shutdown().is_triggered() {
-            let got = self
-                .bus
-                .read(
-                    inbound,
-                    group,
-                    &me,
-                    ReadOptions::count(16).block(Duration::from_millis(200)),
-                )
-                .await?;
-            for d in &got {
+        let runner = Runner::builder(
+            self.bus.clone(),
+            self.topology.inbound.clone(),
+            self.topology.worker_group.clone(),
+            ConsumerName::new(ctx.instance().as_str())?,
+        )
+        .handler(move |d: Delivery| {
+            let (bus, counters, tools, outbound) = (bus.clone(), counters.clone(), tools.clone(), outbound.clone());
+            async move {
                 let text: String = d.envelope()?.payload_as()?;
-                let answer = match self.tools.get() {
+                let answer = match tools.get() {
                     Some(tools) if text.ends_with('0') => {
                         let req = Envelope::new("tool.upper").with_payload(&text)?;
                         let reply = tools.request(req, Duration::from_secs(2)).await?;
-                        self.counters.tool_calls.fetch_add(1, Relaxed);
+                        counters.tool_calls.fetch_add(1, Relaxed);
                         reply.payload_as::<String>()?
                     }
                     _ => format!("echo: {text}"),
                 };
-                self.bus
-                    .publish_value(&outbound, "message.outbound", &answer)
-                    .await?;
+                bus.publish_value(&outbound, "message.outbound", &answer).await?;
+                counters.answered.fetch_add(1, Relaxed);
+                HandlerResult::Ok(())
             }
-            self.bus
-                .ack(inbound, group, &got.iter().map(|d| d.id).collect::<Vec<_>>())
-                .await?;
-            self.counters.answered.fetch_add(got.len() as u64, Relaxed);
-        }
-        Ok(())
+        })
+        .build()?;
+        runner.run(ctx.stopped()).await.map(drop)
     }
 
     async fn on_stop(&self, _: &Context) -> Result<()> {
