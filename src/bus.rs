@@ -434,14 +434,29 @@ pub trait EventBus: Send + Sync + fmt::Debug {
     /// The length cap applied to `stream` on publish.
     fn max_len(&self, stream: &StreamName) -> u64;
     /// Check that the store answers.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: it only reads.
     async fn ping(&self) -> Result<()>;
     /// Create `group` on `stream` (and the stream); `true` when newly created.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: creation is one idempotent command; call it again.
     async fn ensure_group(&self, stream: &StreamName, group: &GroupName, start: StartFrom) -> Result<bool>;
     /// Append one envelope, trimming to the cap.
+    ///
+    /// # Cancel safety
+    /// Dropped after the command left, the entry may still be published (its id unknown to you); publish again for at-least-once (a duplicate is possible). Nothing already published is lost.
     async fn publish(&self, stream: &StreamName, envelope: &Envelope) -> Result<MessageId>;
     /// Append many envelopes in one round trip; ids in the same order.
+    ///
+    /// # Cancel safety
+    /// As for `publish`: all, some or none may be published; publish again for at-least-once.
     async fn publish_batch(&self, stream: &StreamName, envelopes: &[Envelope]) -> Result<Vec<MessageId>>;
     /// Read new entries for `consumer` in `group`.
+    ///
+    /// # Cancel safety
+    /// Safe to drop at any point: entries the store hands out after you stopped listening are released uncounted ([`Release::Unhandled`]); on Redis a blocking read is unblocked at once.
     async fn read(
         &self,
         stream: &StreamName,
@@ -450,8 +465,14 @@ pub trait EventBus: Send + Sync + fmt::Debug {
         options: ReadOptions,
     ) -> Result<Vec<Delivery>>;
     /// Acknowledge entries; returns how many were pending.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: an ack that did not land leaves the entry pending; acks are idempotent, send them again.
     async fn ack(&self, stream: &StreamName, group: &GroupName, ids: &[MessageId]) -> Result<u64>;
     /// Move up to `count` entries idle at least `min_idle` to `consumer`.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: claimed entries you never saw are released uncounted, as for `read`.
     async fn claim(
         &self,
         stream: &StreamName,
@@ -461,14 +482,26 @@ pub trait EventBus: Send + Sync + fmt::Debug {
         count: usize,
     ) -> Result<Claimed>;
     /// The group's pending-entries summary.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: it only reads.
     async fn pending(&self, stream: &StreamName, group: &GroupName) -> Result<PendingSummary>;
     /// Length, first and last ids, and groups of `stream`.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: it only reads.
     async fn stream_info(&self, stream: &StreamName) -> Result<StreamInfo>;
     /// Backlog of `group` on `stream`.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: it only reads.
     async fn backlog(&self, stream: &StreamName, group: &GroupName) -> Result<Backlog>;
     /// Acknowledge `acks`, then read new entries, in one round trip: the
     /// consumer loop's steady state. Acks apply even when the read fails
     /// afterwards; on error the caller cannot tell, so it resends them (acks are idempotent).
+    ///
+    /// # Cancel safety
+    /// Safe to drop, as for `read`; the acks may or may not have landed: resend them.
     async fn ack_and_read(
         &self,
         stream: &StreamName,
@@ -479,6 +512,9 @@ pub trait EventBus: Send + Sync + fmt::Debug {
     ) -> Result<Vec<Delivery>>;
     /// Move the given pending entries idle at least `min_idle` to `consumer`.
     /// Entries not pending, or not yet due after a [`Release::RetryAfter`], are left alone.
+    ///
+    /// # Cancel safety
+    /// Safe to drop, as for `claim`.
     async fn claim_ids(
         &self,
         stream: &StreamName,
@@ -488,6 +524,9 @@ pub trait EventBus: Send + Sync + fmt::Debug {
         ids: &[MessageId],
     ) -> Result<Claimed>;
     /// Up to `count` rows of the pending-entries list from `start` on, of one consumer or all.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: it only reads.
     async fn pending_entries(
         &self,
         stream: &StreamName,
@@ -498,6 +537,9 @@ pub trait EventBus: Send + Sync + fmt::Debug {
     ) -> Result<Vec<PendingEntry>>;
     /// Reset the idle time of the entries `consumer` still holds (its lease);
     /// returns those it still holds.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: a renewal that did not land only lets the lease run out sooner.
     async fn renew(
         &self,
         stream: &StreamName,
@@ -506,6 +548,9 @@ pub trait EventBus: Send + Sync + fmt::Debug {
         ids: &[MessageId],
     ) -> Result<Vec<MessageId>>;
     /// Hand entries `consumer` holds back to the group; returns how many it held.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: one atomic step; entries not released stay pending and are taken over after their lease.
     async fn release(
         &self,
         stream: &StreamName,
@@ -516,6 +561,9 @@ pub trait EventBus: Send + Sync + fmt::Debug {
     ) -> Result<u64>;
     /// Atomically append `record` to `dead_letters` (capped near `max_len`) and
     /// ack `id`; `None` when `id` was not pending (nothing is written).
+    ///
+    /// # Cancel safety
+    /// Safe to drop: the append and the ack are one atomic step; if it did not run, the entry stays pending.
     async fn dead_letter(
         &self,
         stream: &StreamName,
@@ -526,13 +574,25 @@ pub trait EventBus: Send + Sync + fmt::Debug {
         max_len: u64,
     ) -> Result<Option<MessageId>>;
     /// Up to `count` entries of `stream` with ids `>= start`, oldest first; empty when the stream is missing.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: it only reads.
     async fn range(&self, stream: &StreamName, start: MessageId, count: usize) -> Result<Vec<Delivery>>;
     /// Delete entries from `stream`; returns how many existed.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: one command, which ran or did not.
     async fn delete_entries(&self, stream: &StreamName, ids: &[MessageId]) -> Result<u64>;
     /// Delete `group` and its pending list; `true` when it existed.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: one command, which ran or did not.
     async fn delete_group(&self, stream: &StreamName, group: &GroupName) -> Result<bool>;
     /// Delete `consumer` from `group`; refused with [`Conflict`](crate::ErrorKind::Conflict)
     /// while it holds pending entries unless `force`. Returns the entries it held.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: one atomic step, which ran or did not.
     async fn delete_consumer(
         &self,
         stream: &StreamName,
@@ -541,8 +601,14 @@ pub trait EventBus: Send + Sync + fmt::Debug {
         force: bool,
     ) -> Result<u64>;
     /// Publish an ephemeral event on `topic`.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: topics are fire-and-forget; the event may or may not have gone out.
     async fn publish_topic(&self, topic: &Topic, envelope: &Envelope) -> Result<()>;
     /// Subscribe to topics matching `pattern`.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: a subscription not yet returned is closed with the future.
     async fn subscribe(&self, pattern: &TopicPattern) -> Result<Subscription>;
 }
 

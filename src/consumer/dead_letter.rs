@@ -80,6 +80,11 @@ pub struct Redriven {
 ///
 /// Redrive publishes the original envelope to its stream first and deletes
 /// the dead letter second: a crash in between leaves a duplicate, never a loss.
+///
+/// # Cancel safety
+/// Every method may be dropped at any await point: reads change nothing, a
+/// purge is one delete, and a dropped redrive leaves each entry either
+/// untouched, redriven, or (between its two steps) in both places.
 #[derive(Debug, Clone)]
 pub struct DeadLetters {
     bus: Arc<dyn EventBus>,
