@@ -5,7 +5,8 @@ use crate::{
     error::{Error, Result},
     name::{ConsumerName, GroupName, StreamName, Topic, TopicPattern},
     Backlog, BacklogPolicy, Capabilities, Claimed, Codec, Delivery, Envelope, EventBus, GroupInfo, MessageId,
-    PendingEntry, PendingSummary, ReadOptions, Release, StartFrom, StreamInfo, Subscription, TopicEvent,
+    PendingEntry, PendingSummary, ReadOptions, Release, StartFrom, StreamInfo, Subscription,
+    SubscriptionStats, TopicEvent, TOPIC_BUFFER,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,8 +19,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// How many topic events a slow subscriber may have queued before new ones are dropped.
-const TOPIC_BUFFER: usize = 1024;
+/// A topic subscription: its pattern, its channel, and its counters.
+type TopicSubscriber = (TopicPattern, mpsc::Sender<TopicEvent>, Arc<SubscriptionStats>);
 
 /// In-memory [`EventBus`] with Redis Streams semantics.
 ///
@@ -38,7 +39,7 @@ struct Inner {
     guard: BacklogGuard,
     streams: Mutex<HashMap<StreamName, StreamState>>,
     appended: Event,
-    topics: Mutex<Vec<(TopicPattern, mpsc::Sender<TopicEvent>)>>,
+    topics: Mutex<Vec<TopicSubscriber>>,
 }
 
 #[derive(Debug, Default)]
@@ -707,13 +708,14 @@ impl EventBus for MemoryBus {
             .check(|| format!("publish to topic `{topic}`"))?;
         self.inner.config.codec.encode(envelope)?;
         let mut subs = self.inner.topics.lock();
-        subs.retain_mut(|(pattern, tx)| {
+        subs.retain_mut(|(pattern, tx, stats)| {
             if !pattern.matches(topic) {
                 return !tx.is_closed();
             }
             match tx.try_send(TopicEvent { topic: topic.clone(), envelope: envelope.clone() }) {
                 Ok(()) => true,
                 Err(e) if e.is_full() => {
+                    stats.record_dropped();
                     tracing::debug!(event = "topic_event_dropped", topic = %topic, pattern = %pattern, "subscriber too slow");
                     true
                 }
@@ -725,8 +727,14 @@ impl EventBus for MemoryBus {
 
     async fn subscribe(&self, pattern: &TopicPattern) -> Result<Subscription> {
         self.inner.outage.check(|| format!("subscribe to `{pattern}`"))?;
-        let (tx, rx) = mpsc::channel(TOPIC_BUFFER);
-        self.inner.topics.lock().push((pattern.clone(), tx));
-        Ok(Subscription::new(rx))
+        // futures' channel holds one slot per sender on top of its buffer, and
+        // there is one sender: exactly `TOPIC_BUFFER` events fit.
+        let (tx, rx) = mpsc::channel(TOPIC_BUFFER - 1);
+        let stats = Arc::new(SubscriptionStats::default());
+        self.inner
+            .topics
+            .lock()
+            .push((pattern.clone(), tx, stats.clone()));
+        Ok(Subscription::with_stats(rx, stats))
     }
 }

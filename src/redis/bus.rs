@@ -11,10 +11,9 @@ use crate::{
     error::{Error, Result},
     name::{ConsumerName, GroupName, StreamName, Topic, TopicPattern},
     Backlog, Capabilities, Claimed, Delivery, Envelope, EventBus, MessageId, PendingEntry, PendingSummary,
-    ReadOptions, Release, StartFrom, StreamInfo, Subscription, TopicEvent,
+    ReadOptions, Release, StartFrom, StreamInfo, Subscription,
 };
 use async_trait::async_trait;
-use futures_util::StreamExt;
 use redis::Value;
 use std::{sync::Arc, time::Duration};
 
@@ -596,46 +595,10 @@ impl EventBus for RedisBus {
     }
 
     async fn publish_topic(&self, topic: &Topic, envelope: &Envelope) -> Result<()> {
-        let body = self.config.codec.encode(envelope)?;
-        redis::cmd("PUBLISH")
-            .arg(self.keys.topic(topic))
-            .arg(&body[..])
-            .query_async::<()>(&mut self.conn.manager())
-            .await
-            .map_err(|e| map_err(e, format!("publish to topic `{topic}`")))
+        super::topics::publish(&self.conn, &self.keys, self.config.codec, topic, envelope).await
     }
 
     async fn subscribe(&self, pattern: &TopicPattern) -> Result<Subscription> {
-        let what = || format!("subscribe to `{pattern}`");
-        let mut pubsub = self
-            .conn
-            .client
-            .get_async_pubsub()
-            .await
-            .map_err(|e| map_err(e, what()))?;
-        pubsub
-            .psubscribe(self.keys.topic_pattern(pattern))
-            .await
-            .map_err(|e| map_err(e, what()))?;
-        let prefix = self.keys.topic_prefix();
-        let pattern = pattern.clone();
-        let codec = self.config.codec;
-        let events = pubsub.into_on_message().filter_map(move |msg| {
-            let event = msg
-                .get_channel_name()
-                .strip_prefix(&prefix)
-                .and_then(|t| Topic::new(t).ok())
-                // Redis's `*` spans dots; ours matches exactly one token.
-                .filter(|t| pattern.matches(t))
-                .and_then(|topic| match codec.decode(msg.get_payload_bytes()) {
-                    Ok(envelope) => Some(TopicEvent { topic, envelope }),
-                    Err(e) => {
-                        tracing::warn!(event = "topic_event_unreadable", topic = %topic, error = %e);
-                        None
-                    }
-                });
-            std::future::ready(event)
-        });
-        Ok(Subscription::new(events))
+        super::topics::subscribe(self.conn.clone(), &self.keys, self.config.codec, pattern).await
     }
 }

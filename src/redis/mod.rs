@@ -25,6 +25,7 @@ mod liveness;
 pub mod parse;
 mod registry;
 mod scripts;
+mod topics;
 
 pub use bus::RedisBus;
 pub use liveness::RedisLiveness;
