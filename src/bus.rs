@@ -426,6 +426,10 @@ pub(crate) fn consumer_busy(
 /// - Topics are fire-and-forget: a subscriber sees events published after
 ///   `subscribe` returned whose topic matches its pattern, where `*` matches
 ///   exactly one token.
+///   A subscription survives a store restart (it resubscribes by itself);
+///   events missed meanwhile show in its [`SubscriptionStats`] as reconnects
+///   and gap time. At most [`TOPIC_BUFFER`] events queue per subscriber; the
+///   rest are dropped and counted.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait EventBus: Send + Sync + fmt::Debug {

@@ -444,7 +444,14 @@ impl EventBus for MemoryBus {
         let now = self.inner.clock.now_ms();
         let mut streams = self.inner.streams.lock();
         let (entries, g) = stream_group(&mut streams, stream, group)?;
-        Ok(claim_in(entries, g, consumer, now, clock::duration_ms(min_idle), ids))
+        Ok(claim_in(
+            entries,
+            g,
+            consumer,
+            now,
+            clock::duration_ms(min_idle),
+            ids,
+        ))
     }
 
     async fn pending_entries(
@@ -558,17 +565,21 @@ impl EventBus for MemoryBus {
             return Ok(None);
         }
         let mut dead_id = MessageId::ZERO;
-        streams
-            .entry(dead_letters.clone())
-            .or_default()
-            .append(now, max_len, [Bytes::copy_from_slice(record)], |i| dead_id = i);
+        streams.entry(dead_letters.clone()).or_default().append(
+            now,
+            max_len,
+            [Bytes::copy_from_slice(record)],
+            |i| dead_id = i,
+        );
         drop(streams);
         self.inner.appended.notify(usize::MAX);
         Ok(Some(dead_id))
     }
 
     async fn range(&self, stream: &StreamName, start: MessageId, count: usize) -> Result<Vec<Delivery>> {
-        self.inner.outage.check(|| format!("range of stream `{stream}`"))?;
+        self.inner
+            .outage
+            .check(|| format!("range of stream `{stream}`"))?;
         let streams = self.inner.streams.lock();
         let Some(st) = streams.get(stream) else {
             return Ok(Vec::new());

@@ -181,8 +181,13 @@ impl RedisBus {
                     return;
                 }
                 let ids: Vec<MessageId> = got.iter().map(|d| d.id).collect();
-                match bus.release(&stream, &group, &consumer, &ids, Release::Unhandled).await {
-                    Ok(n) => tracing::debug!(event = "abandoned_entries_released", stream = %stream, group = %group, count = n),
+                match bus
+                    .release(&stream, &group, &consumer, &ids, Release::Unhandled)
+                    .await
+                {
+                    Ok(n) => {
+                        tracing::debug!(event = "abandoned_entries_released", stream = %stream, group = %group, count = n)
+                    }
                     Err(e) => tracing::warn!(
                         event = "abandoned_entries_not_released",
                         stream = %stream,
@@ -437,9 +442,12 @@ impl EventBus for RedisBus {
         for id in ids {
             call.arg(id.to_string());
         }
-        call.invoke_async(&mut self.conn.manager())
-            .await
-            .map_err(|e| map_err(e, format!("release entries on group `{group}` of stream `{stream}`")))
+        call.invoke_async(&mut self.conn.manager()).await.map_err(|e| {
+            map_err(
+                e,
+                format!("release entries on group `{group}` of stream `{stream}`"),
+            )
+        })
     }
 
     async fn dead_letter(
@@ -462,7 +470,12 @@ impl EventBus for RedisBus {
             .arg(record)
             .invoke_async(&mut self.conn.manager())
             .await
-            .map_err(|e| map_err(e, format!("dead-letter entry {id} of stream `{stream}` to `{dead_letters}`")))?;
+            .map_err(|e| {
+                map_err(
+                    e,
+                    format!("dead-letter entry {id} of stream `{stream}` to `{dead_letters}`"),
+                )
+            })?;
         match reply {
             Value::Nil => Ok(None),
             id => parse::message_id(&id).map(Some),
@@ -511,7 +524,8 @@ impl EventBus for RedisBus {
             .await
             .or_else(|e| {
                 // A missing stream has no group to delete.
-                let missing = e.to_string().to_ascii_lowercase().contains("no such key");
+                let text = e.to_string().to_ascii_lowercase();
+                let missing = text.contains("no such key") || text.contains("requires the key to exist");
                 if missing {
                     Ok((Value::Int(0), Value::Nil))
                 } else {
