@@ -7,8 +7,8 @@ use fleetwire::{
     clock::ManualClock,
     memory::{MemoryBus, MemoryLiveness, MemoryRegistry},
     testkit, Backlog, Capabilities, Claimed, ConsumerName, Delivery, Envelope, EventBus, GroupName, Instance,
-    InstanceId, LivenessStore, MessageId, PendingSummary, ReadOptions, RegistryStore, Result, ServiceName,
-    StartFrom, StreamInfo, StreamName, Subscription, Topic, TopicPattern,
+    InstanceId, LivenessStore, MessageId, PendingEntry, PendingSummary, ReadOptions, RegistryStore, Release,
+    Result, ServiceName, StartFrom, StreamInfo, StreamName, Subscription, Topic, TopicPattern,
 };
 use std::{sync::Arc, time::Duration};
 
@@ -16,6 +16,20 @@ use std::{sync::Arc, time::Duration};
 enum Sabotage {
     AckDoesNothing,
     ClaimIgnoresIdleTime,
+    /// Reports one delivery more than the store counted.
+    ClaimOverCounts,
+    /// Counts a claim twice in the store but reports it once.
+    ClaimIdsCountsTwice,
+    /// A blocking read keeps running after its caller gave up, like an
+    /// `XREADGROUP BLOCK` left on the server, and what it gets is lost.
+    AbandonedReadKeepsReading,
+    ReleaseIgnoresRetryDelay,
+    ReleaseCountsUnhandled,
+    /// Answers which entries the consumer holds without resetting their idle time.
+    RenewDoesNothing,
+    /// Acks the entry without writing its record.
+    DeadLetterSkipsRecord,
+    DeleteConsumerAlwaysForces,
     HeartbeatNeverRefreshes,
     ListShowsExpired,
     BatchDropsUnknownIds,
@@ -54,6 +68,13 @@ impl EventBus for Broken<MemoryBus> {
         c: &ConsumerName,
         o: ReadOptions,
     ) -> Result<Vec<Delivery>> {
+        if self.sabotage == Sabotage::AbandonedReadKeepsReading && o.block.is_some() {
+            let (bus, s, g, c) = (self.inner.clone(), s.clone(), g.clone(), c.clone());
+            // Dropping the JoinHandle detaches the task; it reads on regardless.
+            return tokio::spawn(async move { bus.read(&s, &g, &c, o).await })
+                .await
+                .expect("read task");
+        }
         self.inner.read(s, g, c, o).await
     }
     async fn ack(&self, s: &StreamName, g: &GroupName, ids: &[MessageId]) -> Result<u64> {
@@ -75,7 +96,124 @@ impl EventBus for Broken<MemoryBus> {
         } else {
             idle
         };
-        self.inner.claim(s, g, c, idle, n).await
+        let mut claimed = self.inner.claim(s, g, c, idle, n).await?;
+        if self.sabotage == Sabotage::ClaimOverCounts {
+            for d in &mut claimed.deliveries {
+                d.delivery_count += 1;
+            }
+        }
+        Ok(claimed)
+    }
+    async fn claim_ids(
+        &self,
+        s: &StreamName,
+        g: &GroupName,
+        c: &ConsumerName,
+        idle: Duration,
+        ids: &[MessageId],
+    ) -> Result<Claimed> {
+        let idle = if self.sabotage == Sabotage::ClaimIgnoresIdleTime {
+            Duration::ZERO
+        } else {
+            idle
+        };
+        let claimed = self.inner.claim_ids(s, g, c, idle, ids).await?;
+        if self.sabotage == Sabotage::ClaimIdsCountsTwice {
+            let again: Vec<MessageId> = claimed.deliveries.iter().map(|d| d.id).collect();
+            self.inner.claim_ids(s, g, c, Duration::ZERO, &again).await?;
+        }
+        Ok(claimed)
+    }
+    async fn ack_and_read(
+        &self,
+        s: &StreamName,
+        g: &GroupName,
+        c: &ConsumerName,
+        acks: &[MessageId],
+        o: ReadOptions,
+    ) -> Result<Vec<Delivery>> {
+        // Composed, so the ack and read sabotages reach this path too.
+        self.ack(s, g, acks).await?;
+        self.read(s, g, c, o).await
+    }
+    async fn pending_entries(
+        &self,
+        s: &StreamName,
+        g: &GroupName,
+        c: Option<ConsumerName>,
+        start: MessageId,
+        n: usize,
+    ) -> Result<Vec<PendingEntry>> {
+        self.inner.pending_entries(s, g, c, start, n).await
+    }
+    async fn renew(
+        &self,
+        s: &StreamName,
+        g: &GroupName,
+        c: &ConsumerName,
+        ids: &[MessageId],
+    ) -> Result<Vec<MessageId>> {
+        if self.sabotage == Sabotage::RenewDoesNothing {
+            let held = self
+                .inner
+                .pending_entries(s, g, Some(c.clone()), MessageId::ZERO, usize::MAX)
+                .await?;
+            return Ok(ids
+                .iter()
+                .filter(|id| held.iter().any(|p| p.id == **id))
+                .copied()
+                .collect());
+        }
+        self.inner.renew(s, g, c, ids).await
+    }
+    async fn release(
+        &self,
+        s: &StreamName,
+        g: &GroupName,
+        c: &ConsumerName,
+        ids: &[MessageId],
+        how: Release,
+    ) -> Result<u64> {
+        let how = match (self.sabotage, how) {
+            (Sabotage::ReleaseIgnoresRetryDelay, Release::RetryAfter(_))
+            | (Sabotage::ReleaseCountsUnhandled, Release::Unhandled) => Release::RetryAfter(Duration::ZERO),
+            _ => how,
+        };
+        self.inner.release(s, g, c, ids, how).await
+    }
+    async fn dead_letter(
+        &self,
+        s: &StreamName,
+        g: &GroupName,
+        id: MessageId,
+        dead: &StreamName,
+        record: &[u8],
+        max_len: u64,
+    ) -> Result<Option<MessageId>> {
+        if self.sabotage == Sabotage::DeadLetterSkipsRecord {
+            let acked = self.inner.ack(s, g, &[id]).await?;
+            return Ok((acked == 1).then_some(id));
+        }
+        self.inner.dead_letter(s, g, id, dead, record, max_len).await
+    }
+    async fn range(&self, s: &StreamName, start: MessageId, n: usize) -> Result<Vec<Delivery>> {
+        self.inner.range(s, start, n).await
+    }
+    async fn delete_entries(&self, s: &StreamName, ids: &[MessageId]) -> Result<u64> {
+        self.inner.delete_entries(s, ids).await
+    }
+    async fn delete_group(&self, s: &StreamName, g: &GroupName) -> Result<bool> {
+        self.inner.delete_group(s, g).await
+    }
+    async fn delete_consumer(
+        &self,
+        s: &StreamName,
+        g: &GroupName,
+        c: &ConsumerName,
+        force: bool,
+    ) -> Result<u64> {
+        let force = force || self.sabotage == Sabotage::DeleteConsumerAlwaysForces;
+        self.inner.delete_consumer(s, g, c, force).await
     }
     async fn pending(&self, s: &StreamName, g: &GroupName) -> Result<PendingSummary> {
         self.inner.pending(s, g).await
@@ -187,6 +325,108 @@ async fn suite_catches_a_claim_that_ignores_idle_time() {
     let c = clock();
     let report = testkit::bus::run(&bus(&c, Sabotage::ClaimIgnoresIdleTime), &c).await;
     assert!(report.failed("reclaim_after_idle_time"), "{report}");
+}
+
+/// Run the bus suite on a bus broken by `sabotage`: every case in `caught`
+/// fails, and `unrelated` still passes.
+async fn bus_suite_catches(sabotage: Sabotage, caught: &[&str], unrelated: &str) {
+    let c = clock();
+    let report = testkit::bus::run(&bus(&c, sabotage), &c).await;
+    println!("{sabotage:?}:\n{report}");
+    for case in caught {
+        assert!(
+            report.failed(case),
+            "{sabotage:?} not caught by {case}:\n{report}"
+        );
+    }
+    assert!(
+        report.cases.iter().any(|(n, r)| *n == unrelated && r.is_ok()),
+        "unrelated case {unrelated} still passes under {sabotage:?}:\n{report}"
+    );
+}
+
+#[tokio::test]
+async fn suite_catches_a_claim_that_over_counts() {
+    bus_suite_catches(
+        Sabotage::ClaimOverCounts,
+        &[
+            "claim_counts_are_exact_in_any_interleaving",
+            "reclaim_after_idle_time",
+            "release_unhandled_is_claimable_at_once_and_uncounted",
+        ],
+        "dead_letter_moves_and_acks_atomically",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn suite_catches_a_claim_counted_twice_but_reported_once() {
+    bus_suite_catches(
+        Sabotage::ClaimIdsCountsTwice,
+        &["claim_counts_are_exact_in_any_interleaving"],
+        "reclaim_after_idle_time",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn suite_catches_an_abandoned_read_that_keeps_reading() {
+    bus_suite_catches(
+        Sabotage::AbandonedReadKeepsReading,
+        &["cancelled_read_strands_nothing"],
+        "blocking_read_wakes_on_publish",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn suite_catches_a_release_that_ignores_retry_delays() {
+    bus_suite_catches(
+        Sabotage::ReleaseIgnoresRetryDelay,
+        &["release_retry_after_waits_then_counts_once"],
+        "release_unhandled_is_claimable_at_once_and_uncounted",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn suite_catches_a_release_that_counts_unhandled_deliveries() {
+    bus_suite_catches(
+        Sabotage::ReleaseCountsUnhandled,
+        &["release_unhandled_is_claimable_at_once_and_uncounted"],
+        "release_retry_after_waits_then_counts_once",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn suite_catches_a_renew_that_does_nothing() {
+    bus_suite_catches(
+        Sabotage::RenewDoesNothing,
+        &["renew_keeps_a_lease"],
+        "pending_entries_detail",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn suite_catches_a_dead_letter_that_writes_no_record() {
+    bus_suite_catches(
+        Sabotage::DeadLetterSkipsRecord,
+        &["dead_letter_moves_and_acks_atomically"],
+        "range_and_delete_entries",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn suite_catches_a_consumer_deleted_while_holding_entries() {
+    bus_suite_catches(
+        Sabotage::DeleteConsumerAlwaysForces,
+        &["delete_consumer_refused_while_holding_entries"],
+        "delete_group_removes_it",
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -5,12 +5,12 @@
 
 use super::{ensure, unique, CaseResult, Report, Step, TimeControl};
 use crate::{
-    ConsumerName, Envelope, ErrorKind, EventBus, GroupName, MessageId, ReadOptions, StartFrom, StreamName,
-    Topic, TopicPattern, DEFAULT_MAX_ENVELOPE_BYTES,
+    ConsumerName, Delivery, Envelope, ErrorKind, EventBus, GroupName, MessageId, PendingEntry, ReadOptions,
+    Release, StartFrom, StreamName, Topic, TopicPattern, DEFAULT_MAX_ENVELOPE_BYTES,
 };
 use futures_util::StreamExt;
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     time::{Duration, Instant},
 };
 
@@ -73,6 +73,40 @@ pub async fn run(bus: &dyn EventBus, time: &dyn TimeControl) -> Report {
     r.case(
         "reclaim_reports_trimmed_entries_deleted",
         reclaim_trimmed(bus, time),
+    )
+    .await;
+    r.case(
+        "claim_counts_are_exact_in_any_interleaving",
+        claim_counts_exact(bus, time),
+    )
+    .await;
+    r.case("cancelled_read_strands_nothing", cancelled_read(bus))
+        .await;
+    r.case(
+        "release_unhandled_is_claimable_at_once_and_uncounted",
+        release_unhandled(bus),
+    )
+    .await;
+    r.case(
+        "release_retry_after_waits_then_counts_once",
+        release_retry_after(bus, time),
+    )
+    .await;
+    r.case("renew_keeps_a_lease", renew(bus, time)).await;
+    r.case("pending_entries_detail", pending_entries(bus, time)).await;
+    r.case("dead_letter_moves_and_acks_atomically", dead_letter(bus))
+        .await;
+    r.case(
+        "delete_consumer_refused_while_holding_entries",
+        delete_consumer(bus),
+    )
+    .await;
+    r.case("delete_group_removes_it", delete_group(bus)).await;
+    r.case("range_and_delete_entries", range_and_delete(bus)).await;
+    r.case("ack_and_read_acks_then_reads", ack_and_read(bus)).await;
+    r.case(
+        "consumer_primitives_on_a_missing_group_are_not_found",
+        primitives_not_found(bus),
     )
     .await;
     r.case("trimming_keeps_length_near_cap", trimming(bus)).await;
@@ -421,6 +455,664 @@ async fn reclaim_trimmed(bus: &dyn EventBus, time: &dyn TimeControl) -> CaseResu
     Ok(())
 }
 
+fn ids_of(deliveries: &[Delivery]) -> Vec<MessageId> {
+    deliveries.iter().map(|d| d.id).collect()
+}
+
+fn counts_of(deliveries: &[Delivery]) -> Vec<(MessageId, u64)> {
+    deliveries.iter().map(|d| (d.id, d.delivery_count)).collect()
+}
+
+/// The whole pending list of `group`, as `(id, consumer, deliveries)`.
+async fn pel(
+    bus: &dyn EventBus,
+    s: &StreamName,
+    g: &GroupName,
+) -> Result<Vec<(MessageId, String, u64)>, String> {
+    Ok(bus
+        .pending_entries(s, g, None, MessageId::ZERO, 1000)
+        .await
+        .step("pending_entries")?
+        .into_iter()
+        .map(|p| (p.id, p.consumer, p.deliveries))
+        .collect())
+}
+
+/// `consumer` reads exactly the entry `want`, delivered for the first time.
+async fn read_exactly(
+    bus: &dyn EventBus,
+    s: &StreamName,
+    g: &GroupName,
+    c: &ConsumerName,
+    want: MessageId,
+) -> CaseResult {
+    let got = bus.read(s, g, c, ReadOptions::count(1)).await.step("read")?;
+    ensure!(
+        counts_of(&got) == [(want, 1)],
+        "{c} read {:?}, expected {want} delivered once",
+        counts_of(&got)
+    );
+    Ok(())
+}
+
+/// The reported count of a claimed entry is the one the pending list keeps,
+/// whoever held the other entries and in whatever order they were read.
+async fn claim_counts_exact(bus: &dyn EventBus, time: &dyn TimeControl) -> CaseResult {
+    let (s, g, m) = group_with(bus, 3).await?;
+    let (c1, c2) = (consumer("c1"), consumer("c2"));
+    read_exactly(bus, &s, &g, &c1, m[0]).await?;
+    read_exactly(bus, &s, &g, &c2, m[1]).await?;
+    read_exactly(bus, &s, &g, &c1, m[2]).await?;
+    time.advance(MIN_IDLE + Duration::from_millis(100)).await;
+    let own = bus
+        .claim_ids(&s, &g, &c2, Duration::ZERO, &[m[1]])
+        .await
+        .step("claim_ids")?;
+    ensure!(
+        counts_of(&own.deliveries) == [(m[1], 2)] && own.deleted.is_empty(),
+        "c2 re-claiming its own {} reported {own:?}, expected it with delivery count 2",
+        m[1]
+    );
+    let got = bus.claim(&s, &g, &c2, MIN_IDLE, 10).await.step("claim")?;
+    let mut counts = counts_of(&got.deliveries);
+    counts.sort();
+    ensure!(
+        counts == [(m[0], 2), (m[2], 2)],
+        "claim reported {counts:?}, expected [({}, 2), ({}, 2)]",
+        m[0],
+        m[2]
+    );
+    let rows = pel(bus, &s, &g).await?;
+    for (id, n) in counts_of(&own.deliveries).into_iter().chain(counts) {
+        let row = rows.iter().find(|r| r.0 == id);
+        ensure!(
+            row.is_some_and(|r| r.1 == "c2" && r.2 == n),
+            "claim reported {id} delivered {n} times to c2, the pending list says {row:?}"
+        );
+    }
+    ensure!(rows.len() == 3, "pending list {rows:?}, expected 3 rows");
+    Ok(())
+}
+
+/// A blocking read dropped before anything arrived must not take the next
+/// entry away from the live consumers, nor count a delivery nobody saw.
+async fn cancelled_read(bus: &dyn EventBus) -> CaseResult {
+    let (s, g) = names();
+    bus.ensure_group(&s, &g, StartFrom::Latest)
+        .await
+        .step("ensure_group")?;
+    let (a, b) = (consumer("a"), consumer("b"));
+    let abandoned = crate::rt::timeout(
+        Duration::from_millis(100),
+        bus.read(&s, &g, &a, ReadOptions::count(10).block(Duration::from_secs(3))),
+    )
+    .await;
+    ensure!(
+        abandoned.is_err(),
+        "a blocking read on an empty stream returned before its block time: {abandoned:?}"
+    );
+    let id = bus.publish(&s, &env(0)).await.step("publish")?;
+    // A read that outlived its caller (as a server-side blocked one may) gets
+    // its chance to take the entry before the live consumer looks.
+    crate::rt::sleep(Duration::from_millis(50)).await;
+    let mut got = bus
+        .read(&s, &g, &b, ReadOptions::count(10).block(Duration::from_secs(1)))
+        .await
+        .step("read b")?;
+    if got.is_empty() {
+        got = bus
+            .claim(&s, &g, &b, Duration::ZERO, 10)
+            .await
+            .step("claim b")?
+            .deliveries;
+    }
+    ensure!(
+        counts_of(&got) == [(id, 1)],
+        "consumer b ended with {:?}, expected {id} delivered once",
+        counts_of(&got)
+    );
+    let rows = pel(bus, &s, &g).await?;
+    ensure!(
+        rows == [(id, "b".to_string(), 1)],
+        "pending list {rows:?}, expected only {id} held by b, delivered once"
+    );
+    let summary = bus.pending(&s, &g).await.step("pending")?;
+    ensure!(
+        summary.consumers == BTreeMap::from([("b".to_string(), 1)]),
+        "pending per consumer {:?}, expected b holding 1",
+        summary.consumers
+    );
+    Ok(())
+}
+
+async fn release_unhandled(bus: &dyn EventBus) -> CaseResult {
+    let (s, g, m) = group_with(bus, 1).await?;
+    let (c1, c2) = (consumer("c1"), consumer("c2"));
+    read_exactly(bus, &s, &g, &c1, m[0]).await?;
+    let stranger = bus
+        .release(&s, &g, &c2, &m, Release::Unhandled)
+        .await
+        .step("release by a non-owner")?;
+    ensure!(stranger == 0, "c2 released {stranger} entries it never held");
+    let held = bus
+        .release(&s, &g, &c1, &[m[0], m[0].next()], Release::Unhandled)
+        .await
+        .step("release")?;
+    ensure!(held == 1, "c1 released {held} entries, it held 1");
+    let got = bus.claim(&s, &g, &c2, MIN_IDLE, 10).await.step("claim")?;
+    ensure!(
+        counts_of(&got.deliveries) == [(m[0], 1)],
+        "claim right after an unhandled release got {:?}, expected {} with delivery count 1",
+        counts_of(&got.deliveries),
+        m[0]
+    );
+    let rows = pel(bus, &s, &g).await?;
+    ensure!(
+        rows == [(m[0], "c2".to_string(), 1)],
+        "pending list {rows:?}, expected {} held by c2, delivered once",
+        m[0]
+    );
+    Ok(())
+}
+
+async fn release_retry_after(bus: &dyn EventBus, time: &dyn TimeControl) -> CaseResult {
+    let (s, g, m) = group_with(bus, 1).await?;
+    let (c1, c2) = (consumer("c1"), consumer("c2"));
+    read_exactly(bus, &s, &g, &c1, m[0]).await?;
+    // Longer than the lease, so idle time alone must not make it claimable.
+    let delay = MIN_IDLE * 3;
+    let held = bus
+        .release(&s, &g, &c1, &m, Release::RetryAfter(delay))
+        .await
+        .step("release")?;
+    ensure!(held == 1, "c1 released {held} entries, it held 1");
+    let rows = pel(bus, &s, &g).await?;
+    ensure!(
+        rows.len() == 1 && rows[0].2 == 1,
+        "after a failed attempt the pending list is {rows:?}, expected the attempt counted once"
+    );
+    let early = bus.claim(&s, &g, &c2, MIN_IDLE, 10).await.step("early claim")?;
+    ensure!(
+        early.deliveries.is_empty(),
+        "claimed at once despite RetryAfter({delay:?}): {early:?}"
+    );
+    let early = bus
+        .claim_ids(&s, &g, &c2, MIN_IDLE, &m)
+        .await
+        .step("early claim_ids")?;
+    ensure!(
+        early.deliveries.is_empty(),
+        "claim_ids took it at once despite RetryAfter({delay:?}): {early:?}"
+    );
+    time.advance(MIN_IDLE + Duration::from_millis(100)).await;
+    let mid = bus
+        .claim(&s, &g, &c2, MIN_IDLE, 10)
+        .await
+        .step("claim before the delay")?;
+    ensure!(
+        mid.deliveries.is_empty(),
+        "claimed after {:?}, before its RetryAfter({delay:?}): {mid:?}",
+        MIN_IDLE + Duration::from_millis(100)
+    );
+    time.advance(delay - MIN_IDLE).await;
+    let got = bus
+        .claim(&s, &g, &c2, MIN_IDLE, 10)
+        .await
+        .step("claim when due")?;
+    ensure!(
+        counts_of(&got.deliveries) == [(m[0], 2)],
+        "claim once due got {:?}, expected {} with delivery count 2",
+        counts_of(&got.deliveries),
+        m[0]
+    );
+    let again = bus
+        .claim(&s, &g, &consumer("c3"), MIN_IDLE, 10)
+        .await
+        .step("claim again")?;
+    ensure!(
+        again.deliveries.is_empty(),
+        "a due entry was claimed twice: {again:?}"
+    );
+    let rows = pel(bus, &s, &g).await?;
+    ensure!(
+        rows == [(m[0], "c2".to_string(), 2)],
+        "pending list {rows:?}, expected {} held by c2, delivered twice",
+        m[0]
+    );
+    Ok(())
+}
+
+async fn renew(bus: &dyn EventBus, time: &dyn TimeControl) -> CaseResult {
+    let (s, g, m) = group_with(bus, 1).await?;
+    let (c1, c2) = (consumer("c1"), consumer("c2"));
+    read_exactly(bus, &s, &g, &c1, m[0]).await?;
+    let most = MIN_IDLE - MIN_IDLE / 6;
+    let rest = MIN_IDLE / 2;
+    time.advance(most).await;
+    let renewed = bus.renew(&s, &g, &c1, &[m[0], m[0].next()]).await.step("renew")?;
+    ensure!(
+        renewed == [m[0]],
+        "renew by the holder returned {renewed:?}, expected [{}]",
+        m[0]
+    );
+    let stolen = bus.renew(&s, &g, &c2, &m).await.step("renew by a non-owner")?;
+    ensure!(stolen.is_empty(), "renew by a non-owner returned {stolen:?}");
+    time.advance(rest).await;
+    let early = bus.claim(&s, &g, &c2, MIN_IDLE, 10).await.step("claim")?;
+    ensure!(
+        early.deliveries.is_empty(),
+        "claimed {:?} after the lease was renewed {rest:?} ago (min idle {MIN_IDLE:?})",
+        ids_of(&early.deliveries)
+    );
+    let rows = pel(bus, &s, &g).await?;
+    ensure!(
+        rows == [(m[0], "c1".to_string(), 1)],
+        "after renewals the pending list is {rows:?}, expected {} held by c1, delivered once",
+        m[0]
+    );
+    time.advance(MIN_IDLE).await;
+    let late = bus.claim(&s, &g, &c2, MIN_IDLE, 10).await.step("late claim")?;
+    ensure!(
+        counts_of(&late.deliveries) == [(m[0], 2)],
+        "once the renewed lease ran out, claim got {:?}, expected {} with delivery count 2",
+        counts_of(&late.deliveries),
+        m[0]
+    );
+    Ok(())
+}
+
+async fn pending_entries(bus: &dyn EventBus, time: &dyn TimeControl) -> CaseResult {
+    let (s, g, m) = group_with(bus, 4).await?;
+    let (c1, c2) = (consumer("c1"), consumer("c2"));
+    let step = Duration::from_millis(100);
+    // Idle times are whole milliseconds on Redis; allow for rounding.
+    let slack = Duration::from_millis(10);
+    bus.read(&s, &g, &c1, ReadOptions::count(2))
+        .await
+        .step("read c1")?;
+    time.advance(step).await;
+    bus.read(&s, &g, &c2, ReadOptions::count(2))
+        .await
+        .step("read c2")?;
+    time.advance(step).await;
+    let all = bus
+        .pending_entries(&s, &g, None, MessageId::ZERO, 10)
+        .await
+        .step("pending_entries")?;
+    let rows: Vec<_> = all
+        .iter()
+        .map(|p| (p.id, p.consumer.as_str(), p.deliveries))
+        .collect();
+    ensure!(
+        rows == [(m[0], "c1", 1), (m[1], "c1", 1), (m[2], "c2", 1), (m[3], "c2", 1)],
+        "pending rows {rows:?}"
+    );
+    let idle: Vec<Duration> = all.iter().map(|p| p.idle).collect();
+    ensure!(
+        idle[0] + slack >= step * 2
+            && idle[2] + slack >= step
+            && idle[2] < idle[0]
+            && idle.iter().all(|i| *i < Duration::from_secs(30)),
+        "idle times {idle:?}: c1's entries were delivered {:?} ago, c2's {step:?} ago",
+        step * 2
+    );
+    time.advance(step).await;
+    let later = bus
+        .pending_entries(&s, &g, None, MessageId::ZERO, 10)
+        .await
+        .step("pending_entries later")?;
+    ensure!(
+        later.len() == 4
+            && later
+                .iter()
+                .zip(&all)
+                .all(|(l, a)| l.idle + slack >= a.idle + step),
+        "idle times did not grow by {step:?}: {idle:?} then {:?}",
+        later.iter().map(|p| p.idle).collect::<Vec<_>>()
+    );
+    let ids = |rows: Vec<PendingEntry>| rows.into_iter().map(|p| p.id).collect::<Vec<_>>();
+    let of_c2 = ids(bus
+        .pending_entries(&s, &g, Some(c2.clone()), MessageId::ZERO, 10)
+        .await
+        .step("pending_entries of c2")?);
+    ensure!(of_c2 == m[2..], "rows of c2 {of_c2:?}, expected {:?}", &m[2..]);
+    let from = ids(bus
+        .pending_entries(&s, &g, None, m[1], 10)
+        .await
+        .step("pending_entries from an id")?);
+    ensure!(
+        from == m[1..],
+        "rows from {} are {from:?}, expected {:?}",
+        m[1],
+        &m[1..]
+    );
+    let first = ids(bus
+        .pending_entries(&s, &g, None, MessageId::ZERO, 2)
+        .await
+        .step("pending_entries count 2")?);
+    ensure!(first == m[..2], "2 rows are {first:?}, expected {:?}", &m[..2]);
+    let both = ids(bus
+        .pending_entries(&s, &g, Some(c1), m[1], 1)
+        .await
+        .step("pending_entries of c1 from an id")?);
+    ensure!(both == [m[1]], "1 row of c1 from {} is {both:?}", m[1]);
+    let every = ids(bus
+        .pending_entries(&s, &g, None, MessageId::ZERO, usize::MAX)
+        .await
+        .step("pending_entries with no practical limit (count usize::MAX)")?);
+    ensure!(every == m, "rows up to usize::MAX are {every:?}, expected {m:?}");
+    Ok(())
+}
+
+async fn dead_letter(bus: &dyn EventBus) -> CaseResult {
+    let (s, g, m) = group_with(bus, 2).await?;
+    let dead = StreamName::new(format!("{s}:dead")).expect("valid");
+    bus.read(&s, &g, &consumer("c1"), ReadOptions::count(10))
+        .await
+        .step("read")?;
+    let record: &[u8] = &[0, 159, 146, 150, 255, b'\n', b'x'];
+    let dead_id = bus
+        .dead_letter(&s, &g, m[0], &dead, record, 100)
+        .await
+        .step("dead_letter")?
+        .ok_or("dead_letter of a pending entry returned None")?;
+    let moved = bus
+        .range(&dead, MessageId::ZERO, 10)
+        .await
+        .step("range of the dead letters")?;
+    ensure!(
+        moved.len() == 1 && moved[0].id == dead_id && moved[0].body[..] == *record,
+        "dead-letter stream holds {moved:?}, expected one record {dead_id} with bytes {record:?}"
+    );
+    let rows = pel(bus, &s, &g).await?;
+    ensure!(
+        rows.iter().map(|r| r.0).collect::<Vec<_>>() == [m[1]],
+        "pending list after dead-lettering {}: {rows:?}",
+        m[0]
+    );
+    for (what, id) in [("again", m[0]), ("an unknown id", m[1].next())] {
+        let twice = bus
+            .dead_letter(&s, &g, id, &dead, b"twice", 100)
+            .await
+            .step("dead_letter again")?;
+        ensure!(
+            twice.is_none(),
+            "dead_letter of {what} ({id}) returned {twice:?}, expected None"
+        );
+    }
+    let len = bus
+        .range(&dead, MessageId::ZERO, 10)
+        .await
+        .step("range again")?
+        .len();
+    ensure!(
+        len == 1,
+        "refused dead_letter calls wrote records: {len} in the stream"
+    );
+    Ok(())
+}
+
+async fn delete_consumer(bus: &dyn EventBus) -> CaseResult {
+    let (s, g, m) = group_with(bus, 3).await?;
+    let (c1, c2) = (consumer("c1"), consumer("c2"));
+    bus.read(&s, &g, &c1, ReadOptions::count(2))
+        .await
+        .step("read c1")?;
+    read_exactly(bus, &s, &g, &c2, m[2]).await?;
+    let refused = bus.delete_consumer(&s, &g, &c1, false).await;
+    ensure!(
+        matches!(&refused, Err(e) if e.kind() == ErrorKind::Conflict),
+        "deleting a consumer holding 2 entries: {refused:?}, expected a Conflict"
+    );
+    let rows = pel(bus, &s, &g).await?;
+    ensure!(
+        rows.len() == 3,
+        "a refused delete changed the pending list: {rows:?}"
+    );
+    bus.ack(&s, &g, &[m[2]]).await.step("ack")?;
+    let idle = bus
+        .delete_consumer(&s, &g, &c2, false)
+        .await
+        .step("delete a consumer holding nothing")?;
+    ensure!(idle == 0, "deleting c2 (holding nothing) returned {idle}");
+    let unknown = bus
+        .delete_consumer(&s, &g, &consumer("never-seen"), false)
+        .await
+        .step("delete an unknown consumer")?;
+    ensure!(unknown == 0, "deleting an unknown consumer returned {unknown}");
+    let held = bus
+        .delete_consumer(&s, &g, &c1, true)
+        .await
+        .step("forced delete")?;
+    ensure!(held == 2, "forced delete of c1 returned {held}, it held 2");
+    let rows = pel(bus, &s, &g).await?;
+    ensure!(
+        rows.is_empty(),
+        "entries of a deleted consumer stay pending: {rows:?}"
+    );
+    let info = bus.stream_info(&s).await.step("stream_info")?;
+    let consumers = info
+        .groups
+        .iter()
+        .find(|x| x.name == g.as_str())
+        .map(|x| x.consumers);
+    ensure!(consumers == Some(0), "group still counts {consumers:?} consumers");
+    Ok(())
+}
+
+async fn delete_group(bus: &dyn EventBus) -> CaseResult {
+    let (s, g, _) = group_with(bus, 2).await?;
+    bus.read(&s, &g, &consumer("c1"), ReadOptions::count(10))
+        .await
+        .step("read")?;
+    ensure!(
+        bus.delete_group(&s, &g).await.step("delete_group")?,
+        "deleting an existing group returned false"
+    );
+    ensure!(
+        !bus.delete_group(&s, &g).await.step("delete_group again")?,
+        "deleting a deleted group returned true"
+    );
+    let read = bus
+        .read(&s, &g, &consumer("c1"), ReadOptions::count(1))
+        .await
+        .map(drop)
+        .err()
+        .map(|e| e.kind());
+    ensure!(
+        read == Some(ErrorKind::NotFound),
+        "read of a deleted group: {read:?}"
+    );
+    let info = bus.stream_info(&s).await.step("stream_info")?;
+    ensure!(
+        info.length == 2 && info.groups.is_empty(),
+        "deleting the group changed the stream or kept the group: {info:?}"
+    );
+    ensure!(
+        bus.ensure_group(&s, &g, StartFrom::Latest)
+            .await
+            .step("ensure_group again")?,
+        "a deleted group could not be created again"
+    );
+    let (missing, _) = names();
+    ensure!(
+        !bus.delete_group(&missing, &g)
+            .await
+            .step("delete_group on a missing stream")?,
+        "deleting a group of a missing stream returned true"
+    );
+    Ok(())
+}
+
+async fn range_and_delete(bus: &dyn EventBus) -> CaseResult {
+    let (s, _) = names();
+    let m = bus
+        .publish_batch(&s, &(0..5).map(env).collect::<Vec<_>>())
+        .await
+        .step("publish")?;
+    let all = bus.range(&s, MessageId::ZERO, 10).await.step("range")?;
+    let order: Vec<_> = all
+        .iter()
+        .map(|d| d.envelope().ok().and_then(|e| n_of(&e)))
+        .collect();
+    ensure!(
+        ids_of(&all) == m && order == (0..5).map(Some).collect::<Vec<_>>(),
+        "range returned {:?} / {order:?}, expected {m:?} in order",
+        ids_of(&all)
+    );
+    let window = ids_of(&bus.range(&s, m[2], 2).await.step("range window")?);
+    ensure!(window == m[2..4], "range from {} count 2 gave {window:?}", m[2]);
+    let past = bus.range(&s, m[4].next(), 10).await.step("range past the end")?;
+    ensure!(past.is_empty(), "range past the last entry gave {past:?}");
+    let (missing, _) = names();
+    let none = bus
+        .range(&missing, MessageId::ZERO, 10)
+        .await
+        .step("range of a missing stream")?;
+    ensure!(none.is_empty(), "range of a missing stream gave {none:?}");
+    let deleted = bus
+        .delete_entries(&s, &[m[1], m[3], m[4].next()])
+        .await
+        .step("delete_entries")?;
+    ensure!(
+        deleted == 2,
+        "deleting 2 entries and an unknown id returned {deleted}"
+    );
+    let left = ids_of(
+        &bus.range(&s, MessageId::ZERO, 10)
+            .await
+            .step("range after delete")?,
+    );
+    ensure!(
+        left == [m[0], m[2], m[4]],
+        "after deleting {} and {} the stream holds {left:?}",
+        m[1],
+        m[3]
+    );
+    let again = bus
+        .delete_entries(&s, &[m[1]])
+        .await
+        .step("delete_entries again")?;
+    ensure!(again == 0, "deleting a deleted entry returned {again}");
+    let gone = bus
+        .delete_entries(&missing, &[m[0]])
+        .await
+        .step("delete_entries on a missing stream")?;
+    ensure!(gone == 0, "deleting from a missing stream returned {gone}");
+    let len = bus.stream_info(&s).await.step("stream_info")?.length;
+    ensure!(len == 3, "length after deleting 2 of 5 is {len}");
+    let every = ids_of(
+        &bus.range(&s, MessageId::ZERO, usize::MAX)
+            .await
+            .step("range with no practical limit (count usize::MAX)")?,
+    );
+    ensure!(
+        every == [m[0], m[2], m[4]],
+        "range up to usize::MAX gave {every:?}, expected {:?}",
+        [m[0], m[2], m[4]]
+    );
+    Ok(())
+}
+
+async fn ack_and_read(bus: &dyn EventBus) -> CaseResult {
+    let (s, g, m) = group_with(bus, 4).await?;
+    let c = consumer("c1");
+    let first = bus
+        .ack_and_read(&s, &g, &c, &[], ReadOptions::count(2))
+        .await
+        .step("ack_and_read without acks")?;
+    ensure!(
+        counts_of(&first) == [(m[0], 1), (m[1], 1)],
+        "first ack_and_read gave {:?}",
+        counts_of(&first)
+    );
+    let next = bus
+        .ack_and_read(&s, &g, &c, &ids_of(&first), ReadOptions::count(10))
+        .await
+        .step("ack_and_read")?;
+    ensure!(
+        counts_of(&next) == [(m[2], 1), (m[3], 1)],
+        "ack_and_read gave {:?}, expected the next two entries",
+        counts_of(&next)
+    );
+    let rows: Vec<_> = pel(bus, &s, &g).await?.into_iter().map(|r| r.0).collect();
+    ensure!(
+        rows == m[2..],
+        "pending after ack_and_read {rows:?}, expected {:?}",
+        &m[2..]
+    );
+    let last = bus
+        .ack_and_read(
+            &s,
+            &g,
+            &c,
+            &ids_of(&next),
+            ReadOptions::count(10).block(Duration::from_millis(50)),
+        )
+        .await
+        .step("ack_and_read at the end")?;
+    ensure!(last.is_empty(), "nothing left to read, got {last:?}");
+    let p = bus.pending(&s, &g).await.step("pending")?;
+    ensure!(p.count == 0, "acks of an empty ack_and_read not applied: {p:?}");
+    Ok(())
+}
+
+async fn primitives_not_found(bus: &dyn EventBus) -> CaseResult {
+    let (s, g) = names();
+    let id = bus.publish(&s, &env(0)).await.step("publish")?;
+    let c = consumer("c");
+    let kind = |r: crate::Result<()>| r.err().map(|e| e.kind());
+    let outcomes = [
+        (
+            "ack_and_read",
+            kind(
+                bus.ack_and_read(&s, &g, &c, &[id], ReadOptions::count(1))
+                    .await
+                    .map(drop),
+            ),
+        ),
+        (
+            "claim_ids",
+            kind(bus.claim_ids(&s, &g, &c, Duration::ZERO, &[id]).await.map(drop)),
+        ),
+        (
+            "pending_entries",
+            kind(
+                bus.pending_entries(&s, &g, None, MessageId::ZERO, 10)
+                    .await
+                    .map(drop),
+            ),
+        ),
+        ("renew", kind(bus.renew(&s, &g, &c, &[id]).await.map(drop))),
+        (
+            "release",
+            kind(bus.release(&s, &g, &c, &[id], Release::Unhandled).await.map(drop)),
+        ),
+        (
+            "dead_letter",
+            kind(bus.dead_letter(&s, &g, id, &s, b"x", 10).await.map(drop)),
+        ),
+        (
+            "delete_consumer",
+            kind(bus.delete_consumer(&s, &g, &c, true).await.map(drop)),
+        ),
+    ];
+    let wrong: Vec<_> = outcomes
+        .iter()
+        .filter(|(_, k)| *k != Some(ErrorKind::NotFound))
+        .collect();
+    ensure!(
+        wrong.is_empty(),
+        "on a missing group, expected NotFound from: {wrong:?}"
+    );
+    let len = bus.stream_info(&s).await.step("stream_info")?.length;
+    ensure!(
+        len == 1,
+        "a refused dead_letter wrote to the stream: length {len}"
+    );
+    Ok(())
+}
+
 async fn trimming(bus: &dyn EventBus) -> CaseResult {
     let (s, _) = names();
     let cap = bus.max_len(&s);
@@ -726,6 +1418,64 @@ async fn noop(bus: &dyn EventBus) -> CaseResult {
     ensure!(
         bus.stream_info(&s).await.step("info")?.length == 0,
         "noop length not zero"
+    );
+    let (c, id) = (consumer("c"), MessageId { ms: 1, seq: 0 });
+    let read = bus
+        .ack_and_read(&s, &g, &c, &[id], ReadOptions::count(10))
+        .await
+        .step("ack_and_read")?;
+    ensure!(read.is_empty(), "noop ack_and_read returned data");
+    let claimed = bus
+        .claim_ids(&s, &g, &c, Duration::ZERO, &[id])
+        .await
+        .step("claim_ids")?;
+    ensure!(
+        claimed == Default::default(),
+        "noop claim_ids returned {claimed:?}"
+    );
+    ensure!(
+        bus.pending_entries(&s, &g, None, MessageId::ZERO, 10)
+            .await
+            .step("pending_entries")?
+            .is_empty(),
+        "noop pending_entries returned rows"
+    );
+    ensure!(
+        bus.renew(&s, &g, &c, &[id]).await.step("renew")?.is_empty(),
+        "noop renew claims to hold entries"
+    );
+    ensure!(
+        bus.release(&s, &g, &c, &[id], Release::Unhandled)
+            .await
+            .step("release")?
+            == 0,
+        "noop release claims to hold entries"
+    );
+    ensure!(
+        bus.dead_letter(&s, &g, id, &s, b"x", 10)
+            .await
+            .step("dead_letter")?
+            .is_none(),
+        "noop dead_letter claims the entry was pending"
+    );
+    ensure!(
+        bus.range(&s, MessageId::ZERO, 10).await.step("range")?.is_empty(),
+        "noop range returned data"
+    );
+    ensure!(
+        bus.delete_entries(&s, &[id]).await.step("delete_entries")? == 0,
+        "noop delete_entries deleted something"
+    );
+    ensure!(
+        !bus.delete_group(&s, &g).await.step("delete_group")?,
+        "noop delete_group deleted something"
+    );
+    ensure!(
+        bus.delete_consumer(&s, &g, &c, false)
+            .await
+            .step("delete_consumer")?
+            == 0,
+        "noop delete_consumer reports held entries"
     );
     let topic = Topic::new("noop.x").expect("valid");
     let mut sub = bus
