@@ -20,6 +20,12 @@ use std::{sync::Arc, time::Duration};
 /// Longest retry delay and read block accepted (30 days); longer ones are clamped.
 const MAX_DELAY_MS: u64 = 30 * 24 * 3600 * 1000;
 
+/// A `COUNT` argument Redis accepts: it rejects anything above `i64::MAX`,
+/// while `usize::MAX` is a natural "no limit" for a caller.
+fn count_arg(n: usize) -> u64 {
+    (n as u64).min(i64::MAX as u64)
+}
+
 /// Redis [`EventBus`] over Streams (`XADD MAXLEN ~`, `XREADGROUP`, `XACK`,
 /// `XAUTOCLAIM`) and pub/sub for topics.
 ///
@@ -81,7 +87,7 @@ impl RedisBus {
             .arg(group.as_str())
             .arg(consumer.as_str())
             .arg("COUNT")
-            .arg(options.count.max(1));
+            .arg(count_arg(options.count.max(1)));
         let block = options
             .block
             // BLOCK 0 would mean "forever".
@@ -138,7 +144,7 @@ impl RedisBus {
             .arg(group.as_str())
             .arg(consumer.as_str())
             .arg(clock::duration_ms(min_idle).min(MAX_DELAY_MS))
-            .arg(want);
+            .arg(count_arg(want));
         match ids {
             None => {
                 call.arg("auto");
@@ -385,7 +391,7 @@ impl EventBus for RedisBus {
             .arg(group.as_str())
             .arg(start.to_string())
             .arg("+")
-            .arg(count);
+            .arg(count_arg(count));
         if let Some(c) = consumer {
             cmd.arg(c.as_str());
         }
@@ -491,7 +497,7 @@ impl EventBus for RedisBus {
             .arg(start.to_string())
             .arg("+")
             .arg("COUNT")
-            .arg(count)
+            .arg(count_arg(count))
             .query_async(&mut self.conn.manager())
             .await
             .map_err(|e| map_err(e, format!("range of stream `{stream}`")))?;
