@@ -459,3 +459,82 @@ async fn suite_catches_a_batch_that_skips_ids() {
     assert!(report.failed("batch_answers_every_id_in_order"), "{report}");
     assert!(report.failed("large_batch"), "{report}");
 }
+
+/// Run the consumer runner's suite over a bus broken by `sabotage` (system
+/// clock: the runner works in real time): every case in `caught` fails, and
+/// `unrelated` still passes. The suite catches a broken runner because the
+/// runner only acts through these primitives.
+async fn consumer_suite_catches(sabotage: Sabotage, caught: &[&str], unrelated: &str) {
+    let broken: Arc<dyn EventBus> = Arc::new(Broken {
+        inner: MemoryBus::new(),
+        sabotage,
+    });
+    let report = testkit::consumer::run(broken).await;
+    println!("{sabotage:?} under the runner:\n{report}");
+    for case in caught {
+        assert!(
+            report.failed(case),
+            "{sabotage:?} not caught by {case}:\n{report}"
+        );
+    }
+    assert!(
+        report.cases.iter().any(|(n, r)| *n == unrelated && r.is_ok()),
+        "unrelated case {unrelated} still passes under {sabotage:?}:\n{report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_suite_catches_a_runner_whose_leases_are_not_kept() {
+    consumer_suite_catches(
+        Sabotage::RenewDoesNothing,
+        &["slow_handler_is_not_stolen"],
+        "concurrency_one_keeps_stream_order",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_suite_catches_a_runner_that_retries_too_early() {
+    consumer_suite_catches(
+        Sabotage::ReleaseIgnoresRetryDelay,
+        &[
+            "retry_delay_longer_than_the_lease_is_honoured",
+            "failure_is_retried_with_backoff_then_acked",
+        ],
+        "concurrency_one_keeps_stream_order",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_suite_catches_a_runner_that_loses_dead_letters() {
+    consumer_suite_catches(
+        Sabotage::DeadLetterSkipsRecord,
+        &["poison_is_dead_lettered_with_reason_and_redrive_brings_it_back"],
+        "twenty_runners_handle_each_entry_once",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_suite_catches_a_runner_that_never_acks() {
+    consumer_suite_catches(
+        Sabotage::AckDoesNothing,
+        &["twenty_runners_handle_each_entry_once"],
+        "concurrency_one_keeps_stream_order",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_suite_catches_a_runner_that_takes_over_live_work() {
+    consumer_suite_catches(
+        Sabotage::ClaimIgnoresIdleTime,
+        &[
+            "crashed_consumer_work_is_taken_over_after_the_lease",
+            "slow_handler_is_not_stolen",
+        ],
+        "concurrency_one_keeps_stream_order",
+    )
+    .await;
+}
