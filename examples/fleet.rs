@@ -9,12 +9,12 @@
 
 use async_trait::async_trait;
 use fleetwire::{
+    consumer::{HandlerResult, Runner},
     health::Health,
     monitor::FleetMonitor,
     request::{self, RequestClient},
     service::{Context, Lifecycle, Service},
     topology::{Role, Topology},
-    consumer::{HandlerResult, Runner},
     ConsumerName, Delivery, Envelope, EventBus, EventBusExt, ReadOptions, RegistryStore, Result,
 };
 use std::{
@@ -98,7 +98,8 @@ impl Service for Worker {
             ConsumerName::new(ctx.instance().as_str())?,
         )
         .handler(move |d: Delivery| {
-            let (bus, counters, tools, outbound) = (bus.clone(), counters.clone(), tools.clone(), outbound.clone());
+            let (bus, counters, tools, outbound) =
+                (bus.clone(), counters.clone(), tools.clone(), outbound.clone());
             async move {
                 let text: String = d.envelope()?.payload_as()?;
                 let answer = match tools.get() {
