@@ -28,6 +28,9 @@ pub enum ErrorKind {
     /// The call conflicts with the current state (e.g. deleting a consumer
     /// that still holds pending entries).
     Conflict,
+    /// The store is full by policy (a stream at its hard cap with
+    /// unacknowledged entries); retry later, when consumers have caught up.
+    Backpressure,
 }
 
 impl fmt::Display for ErrorKind {
@@ -42,6 +45,7 @@ impl fmt::Display for ErrorKind {
             Self::Protocol => "protocol",
             Self::Shutdown => "shutdown",
             Self::Conflict => "conflict",
+            Self::Backpressure => "backpressure",
         })
     }
 }
@@ -76,7 +80,10 @@ impl fmt::Debug for Error {
 impl Error {
     /// A new error of `kind` described by `context`.
     pub fn new(kind: ErrorKind, context: impl Into<String>) -> Self {
-        let temporary = matches!(kind, ErrorKind::Unavailable | ErrorKind::Timeout);
+        let temporary = matches!(
+            kind,
+            ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Backpressure
+        );
         Self {
             kind,
             context: context.into(),
@@ -101,7 +108,10 @@ impl Error {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn into_kind(mut self, kind: ErrorKind) -> Self {
         self.kind = kind;
-        self.temporary = matches!(kind, ErrorKind::Unavailable | ErrorKind::Timeout);
+        self.temporary = matches!(
+            kind,
+            ErrorKind::Unavailable | ErrorKind::Timeout | ErrorKind::Backpressure
+        );
         self
     }
 
