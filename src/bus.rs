@@ -80,8 +80,13 @@ pub struct Delivery {
     pub id: MessageId,
     /// How many times the entry has been delivered, this time included.
     pub delivery_count: u64,
-    /// The encoded envelope (msgpack).
+    /// The encoded envelope (msgpack); empty for an entry another producer
+    /// wrote without fleetwire's body field (see [`fields`](Self::fields)).
     pub body: Bytes,
+    /// The raw field/value pairs of such a foreign entry, so an adapter can
+    /// decode another layout (the reference design's, say); empty otherwise.
+    pub fields: Vec<(Bytes, Bytes)>,
+    max_bytes: usize,
 }
 
 impl Delivery {
@@ -91,12 +96,28 @@ impl Delivery {
             id,
             delivery_count,
             body,
+            fields: Vec::new(),
+            max_bytes: crate::DEFAULT_MAX_ENVELOPE_BYTES,
         }
     }
 
-    /// Decode the envelope.
+    /// Decode with this size limit (the bus sets its codec's).
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_bytes = max_bytes;
+        self
+    }
+
+    /// Attach the raw fields of a foreign entry.
+    pub fn with_fields(mut self, fields: Vec<(Bytes, Bytes)>) -> Self {
+        self.fields = fields;
+        self
+    }
+
+    /// Decode the envelope, within the bus's size limit. An oversized or
+    /// foreign entry is a [`Codec`](crate::ErrorKind::Codec) error on this
+    /// delivery only: it can still be acked or dead-lettered.
     pub fn envelope(&self) -> Result<Envelope> {
-        Codec::new(usize::MAX).decode(&self.body).map_err(|e| {
+        Codec::new(self.max_bytes).decode(&self.body).map_err(|e| {
             Error::new(e.kind(), format!("entry {} is not a fleetwire envelope", self.id)).with_source(e)
         })
     }
@@ -183,6 +204,9 @@ pub struct GroupInfo {
     pub last_delivered: MessageId,
     /// Entries not yet delivered to the group, when the store can tell.
     pub lag: Option<u64>,
+    /// How many entries the group has had delivered since its creation, as the
+    /// store counts them (entries trimmed before delivery count once skipped over).
+    pub entries_read: Option<u64>,
 }
 
 /// Figures of one stream.
@@ -211,6 +235,85 @@ pub struct Backlog {
     pub lag: Option<u64>,
     /// The stream's length cap.
     pub max_len: u64,
+    /// Entries trimmed away before this group had them delivered, and not yet
+    /// skipped over by its reads (the group will never see them), when the
+    /// store can tell. Only [`TrimPolicy::DropOldest`] (or its overflow) makes them.
+    pub trimmed_undelivered: Option<u64>,
+}
+
+/// What happens when a stream grows past its cap ([`EventBus::max_len`]).
+///
+/// Every policy trims only from the front (oldest entries), and the trimming
+/// work rides on publishes: a publish stays one command while the stream is
+/// clearly below its cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum TrimPolicy {
+    /// Cap by length (`XADD MAXLEN ~`), the reference design's behaviour and
+    /// the default: entries no group has read yet are dropped when the stream
+    /// is full. What that costs is counted in [`Backlog::trimmed_undelivered`].
+    #[default]
+    DropOldest,
+    /// Trim only entries every group has acknowledged (below each group's
+    /// oldest pending entry and last delivered id): once the stream passes its
+    /// cap, all such entries go. A stream with no group trims by length only.
+    /// When unacknowledged entries alone reach `hard_cap`, a publish gets the
+    /// `overflow` behaviour instead of silently losing data.
+    KeepUnacknowledged {
+        /// The safety net (0: twice the cap).
+        hard_cap: u64,
+        /// What a publish does at the hard cap.
+        overflow: Overflow,
+    },
+}
+
+impl TrimPolicy {
+    /// Keep unacknowledged entries, hard cap twice the cap, reject at the hard cap.
+    pub fn keep_unacknowledged() -> Self {
+        Self::KeepUnacknowledged {
+            hard_cap: 0,
+            overflow: Overflow::Reject,
+        }
+    }
+
+    /// The same policy with another hard cap (keep-unacknowledged only).
+    pub fn with_hard_cap(self, cap: u64) -> Self {
+        match self {
+            Self::KeepUnacknowledged { overflow, .. } => Self::KeepUnacknowledged { hard_cap: cap, overflow },
+            other => other,
+        }
+    }
+
+    /// The same policy with another overflow behaviour (keep-unacknowledged only).
+    pub fn with_overflow(self, overflow: Overflow) -> Self {
+        match self {
+            Self::KeepUnacknowledged { hard_cap, .. } => Self::KeepUnacknowledged { hard_cap, overflow },
+            other => other,
+        }
+    }
+
+    /// The hard cap this policy enforces on a stream capped at `max_len`.
+    pub fn hard_cap(&self, max_len: u64) -> u64 {
+        match self {
+            Self::DropOldest => max_len,
+            Self::KeepUnacknowledged { hard_cap: 0, .. } => max_len.saturating_mul(2),
+            Self::KeepUnacknowledged { hard_cap, .. } => (*hard_cap).max(max_len),
+        }
+    }
+}
+
+/// What a publish does when keeping unacknowledged entries would pass the hard cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Overflow {
+    /// Fail at once with a temporary [`Backpressure`](crate::ErrorKind::Backpressure) error naming the stream and figures.
+    #[default]
+    Reject,
+    /// Wait up to this long for consumers to make room, then reject.
+    Wait(Duration),
+    /// Drop the oldest entries, acknowledged or not (explicit opt-in; counted
+    /// in [`Backlog::trimmed_undelivered`]).
+    DropOldest,
 }
 
 /// When a backlog is worth a warning: trimming may soon drop unread data.
@@ -411,8 +514,11 @@ pub(crate) fn consumer_busy(
 /// - A delivered entry stays pending until `ack`; `claim` moves entries idle
 ///   at least `min_idle` to another consumer and increments their delivery
 ///   count; entries trimmed away meanwhile come back in `Claimed::deleted`.
-/// - Publishing trims the stream to about [`max_len`](Self::max_len): never
-///   below it, and at most [`Capabilities::trim_slack`] above.
+/// - Publishing trims the stream as its [`TrimPolicy`] says: with
+///   `DropOldest` to about [`max_len`](Self::max_len), never below it and at
+///   most [`Capabilities::trim_slack`] above; with `KeepUnacknowledged` no
+///   entry some group has not acknowledged is ever trimmed, and the hard cap
+///   gives the publisher its [`Overflow`] behaviour.
 /// - Publishing checks the backlog against the [`BacklogPolicy`] at no extra
 ///   round trip and logs a `stream_backlog_high` warning at most once per interval.
 /// - Delivery counts are exact whatever the interleaving of reads and
@@ -437,6 +543,8 @@ pub trait EventBus: Send + Sync + fmt::Debug {
     fn capabilities(&self) -> Capabilities;
     /// The length cap applied to `stream` on publish.
     fn max_len(&self, stream: &StreamName) -> u64;
+    /// How `stream` is trimmed past its cap.
+    fn trim_policy(&self, stream: &StreamName) -> TrimPolicy;
     /// Check that the store answers.
     ///
     /// # Cancel safety

@@ -100,8 +100,8 @@ pub mod testkit;
 
 pub use bus::{
     Backlog, BacklogPolicy, Claimed, Delivery, EventBus, EventBusExt, GroupInfo, MessageId, PendingEntry,
-    PendingSummary, ReadOptions, Release, StartFrom, StreamInfo, Subscription, SubscriptionStats, TopicEvent,
-    TOPIC_BUFFER,
+    Overflow, PendingSummary, ReadOptions, Release, StartFrom, StreamInfo, Subscription, SubscriptionStats,
+    TopicEvent, TrimPolicy, TOPIC_BUFFER,
 };
 pub use capabilities::Capabilities;
 pub use envelope::{Codec, Envelope, DEFAULT_MAX_ENVELOPE_BYTES};

@@ -9,7 +9,7 @@ use crate::{
     name::{ConsumerName, GroupName, InstanceId, ServiceName, StreamName, Topic, TopicPattern},
     Backlog, Capabilities, Claimed, Delivery, Envelope, EventBus, Health, HealthServer, Instance,
     LivenessStore, MessageId, PendingEntry, PendingSummary, ReadOptions, RegistryStore, Release, StartFrom,
-    StreamInfo, Subscription,
+    StreamInfo, Subscription, TrimPolicy,
 };
 use async_trait::async_trait;
 use std::{net::SocketAddr, time::Duration};
@@ -76,6 +76,9 @@ impl EventBus for NoopBus {
     fn max_len(&self, _: &StreamName) -> u64 {
         0
     }
+    fn trim_policy(&self, _: &StreamName) -> TrimPolicy {
+        TrimPolicy::DropOldest
+    }
     async fn ping(&self) -> Result<()> {
         Ok(())
     }
@@ -127,6 +130,7 @@ impl EventBus for NoopBus {
             pending: 0,
             lag: Some(0),
             max_len: 0,
+            trimmed_undelivered: Some(0),
         })
     }
     async fn ack_and_read(

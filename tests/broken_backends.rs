@@ -49,6 +49,9 @@ impl EventBus for Broken<MemoryBus> {
     fn max_len(&self, s: &StreamName) -> u64 {
         self.inner.max_len(s)
     }
+    fn trim_policy(&self, s: &StreamName) -> fleetwire::TrimPolicy {
+        self.inner.trim_policy(s)
+    }
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await
     }
@@ -291,7 +294,8 @@ fn bus(c: &ManualClock, sabotage: Sabotage) -> Broken<MemoryBus> {
     Broken {
         inner: MemoryBus::builder()
             .clock(Arc::new(c.clone()))
-            .max_len(200)
+            .max_len_floor(1)
+        .max_len(200)
             .build(),
         sabotage,
     }

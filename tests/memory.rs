@@ -26,6 +26,7 @@ async fn all_suites() {
     let c = clock();
     let bus = MemoryBus::builder()
         .clock(Arc::new(c.clone()))
+        .max_len_floor(1)
         .max_len(200)
         .build();
     let report = testkit::bus::run(&bus, &c).await;
@@ -76,7 +77,8 @@ async fn boxed_dyn_path_works() {
     let bus: Arc<dyn EventBus> = Arc::new(
         MemoryBus::builder()
             .clock(Arc::new(c.clone()))
-            .max_len(200)
+            .max_len_floor(1)
+        .max_len(200)
             .build(),
     );
     testkit::bus::run(bus.as_ref(), &c).await.assert_all_passed();
@@ -174,6 +176,7 @@ async fn backlog_warning_at_cap_is_logged_at_most_once_per_interval() {
     let c = clock();
     let bus = MemoryBus::builder()
         .clock(Arc::new(c.clone()))
+        .max_len_floor(1)
         .max_len(50)
         .backlog_policy(BacklogPolicy::default())
         .build();

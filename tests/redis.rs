@@ -17,6 +17,7 @@ fn backend(server: &RedisServer) -> RedisBackend {
     RedisBackend::builder()
         .url(server.url())
         .namespace("sg")
+        .max_len_floor(1)
         .max_len(200)
         .build()
         .expect("backend")
@@ -225,6 +226,7 @@ async fn backlog_warning_at_cap_is_logged_at_most_once_per_interval() {
     policy.warn_every = std::time::Duration::from_secs(60);
     let bus = RedisBackend::builder()
         .url(server.url())
+        .max_len_floor(1)
         .max_len(50)
         .backlog_policy(policy)
         .build()

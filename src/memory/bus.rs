@@ -1,11 +1,11 @@
 use super::Outage;
 use crate::{
-    backend_support::{BacklogGuard, BusConfig},
+    backend_support::{BacklogGuard, BacklogSample, BusConfig},
     clock::{self, SharedClock},
     error::{Error, Result},
     name::{ConsumerName, GroupName, StreamName, Topic, TopicPattern},
     Backlog, BacklogPolicy, Capabilities, Claimed, Codec, Delivery, Envelope, EventBus, GroupInfo, MessageId,
-    PendingEntry, PendingSummary, ReadOptions, Release, StartFrom, StreamInfo, Subscription,
+    Overflow, PendingEntry, PendingSummary, ReadOptions, Release, TrimPolicy, StartFrom, StreamInfo, Subscription,
     SubscriptionStats, TopicEvent, TOPIC_BUFFER,
 };
 use async_trait::async_trait;
@@ -49,11 +49,15 @@ struct StreamState {
     groups: BTreeMap<GroupName, GroupState>,
     /// When the backlog warning was last logged for this stream.
     last_warn_ms: Option<u64>,
+    /// Entries ever appended, as Redis's `entries-added`.
+    entries_added: u64,
 }
 
 #[derive(Debug)]
 struct GroupState {
     last_delivered: MessageId,
+    /// Entries delivered since creation, counted as Redis 7 counts `entries-read`.
+    entries_read: Option<u64>,
     consumers: BTreeSet<ConsumerName>,
     pel: BTreeMap<MessageId, Pel>,
 }
@@ -83,6 +87,7 @@ fn claim_in(
     now: u64,
     min_idle_ms: u64,
     ids: &[MessageId],
+    max_bytes: usize,
 ) -> Claimed {
     g.consumers.insert(consumer.clone());
     let mut claimed = Claimed::default();
@@ -101,7 +106,9 @@ fn claim_in(
                 p.delivered_at_ms = now;
                 p.count += 1;
                 p.not_before_ms = None;
-                claimed.deliveries.push(Delivery::new(*id, p.count, body.clone()));
+                claimed
+                    .deliveries
+                    .push(Delivery::new(*id, p.count, body.clone()).with_max_bytes(max_bytes));
             }
         }
     }
@@ -131,8 +138,13 @@ impl StreamState {
         now: u64,
         max_len: u64,
         bodies: impl IntoIterator<Item = Bytes>,
-        mut on_id: impl FnMut(MessageId),
+        on_id: impl FnMut(MessageId),
     ) {
+        self.push(now, bodies, on_id);
+        self.trim_to(max_len);
+    }
+
+    fn push(&mut self, now: u64, bodies: impl IntoIterator<Item = Bytes>, mut on_id: impl FnMut(MessageId)) {
         for body in bodies {
             let id = if now > self.last_id.ms {
                 MessageId { ms: now, seq: 0 }
@@ -140,13 +152,68 @@ impl StreamState {
                 self.last_id.next()
             };
             self.last_id = id;
+            self.entries_added += 1;
             self.entries.push_back((id, body));
             on_id(id);
         }
-        let cap = usize::try_from(max_len).unwrap_or(usize::MAX).max(1);
+    }
+
+    /// Drop the oldest entries until at most `len` remain.
+    fn trim_to(&mut self, len: u64) {
+        let cap = usize::try_from(len).unwrap_or(usize::MAX);
         while self.entries.len() > cap {
             self.entries.pop_front();
         }
+    }
+
+    /// The lowest id some group still needs (pending, or not yet delivered);
+    /// `None` without groups.
+    fn safe_point(&self) -> Option<MessageId> {
+        self.groups
+            .values()
+            .map(|g| match g.pel.keys().next() {
+                Some(lowest) => (*lowest).min(g.last_delivered.next()),
+                None => g.last_delivered.next(),
+            })
+            .min()
+    }
+
+    /// Make room for `incoming` entries as `policy` allows; `Err(length)`
+    /// when unacknowledged entries alone would pass the hard cap.
+    fn make_room(&mut self, policy: TrimPolicy, max_len: u64, incoming: u64) -> std::result::Result<(), u64> {
+        let TrimPolicy::KeepUnacknowledged { overflow, .. } = policy else {
+            return Ok(());
+        };
+        let len = |st: &Self| st.entries.len() as u64;
+        if len(self) + incoming > max_len {
+            match self.safe_point() {
+                None => self.trim_to(max_len.saturating_sub(incoming)),
+                Some(safe) => {
+                    while self.entries.front().is_some_and(|(id, _)| *id < safe) {
+                        self.entries.pop_front();
+                    }
+                }
+            }
+        }
+        let hard_cap = policy.hard_cap(max_len);
+        if len(self) + incoming <= hard_cap {
+            return Ok(());
+        }
+        match overflow {
+            Overflow::DropOldest => {
+                self.trim_to(hard_cap.saturating_sub(incoming));
+                Ok(())
+            }
+            _ => Err(len(self)),
+        }
+    }
+
+    /// Entries trimmed before `g` had them delivered, while that gap is still
+    /// ahead of it, from the same counters Redis 7 keeps (`lag - length`).
+    fn trimmed_undelivered(&self, g: &GroupState) -> Option<u64> {
+        let len = self.entries.len() as u64;
+        g.entries_read
+            .map(|read| self.entries_added.saturating_sub(read).saturating_sub(len))
     }
 
     /// Entries after `id`, the group's lag.
@@ -177,7 +244,7 @@ impl MemoryBusBuilder {
         self
     }
 
-    /// Cap every stream at `max_len` entries (default 100 000).
+    /// Cap every stream at `max_len` entries (default 100 000; at least the floor, 1,000).
     pub fn max_len(mut self, max_len: u64) -> Self {
         self.config.max_len = max_len;
         self
@@ -186,6 +253,25 @@ impl MemoryBusBuilder {
     /// Cap `stream` at `max_len` entries.
     pub fn stream_max_len(mut self, stream: StreamName, max_len: u64) -> Self {
         self.config.stream_max_len.insert(stream, max_len);
+        self
+    }
+
+    /// How every stream is trimmed past its cap (default [`TrimPolicy::DropOldest`]).
+    pub fn trim_policy(mut self, policy: TrimPolicy) -> Self {
+        self.config.trim = policy;
+        self
+    }
+
+    /// How `stream` is trimmed past its cap.
+    pub fn stream_trim_policy(mut self, stream: StreamName, policy: TrimPolicy) -> Self {
+        self.config.stream_trim.insert(stream, policy);
+        self
+    }
+
+    /// Accept stream caps down to `floor` (default 1,000, as the reference
+    /// design clamps; tests lower it to exercise trimming quickly).
+    pub fn max_len_floor(mut self, floor: u64) -> Self {
+        self.config.max_len_floor = floor;
         self
     }
 
@@ -203,6 +289,7 @@ impl MemoryBusBuilder {
 
     /// Build the bus.
     pub fn build(self) -> MemoryBus {
+        self.config.warn_raised_caps();
         MemoryBus {
             inner: Arc::new(Inner {
                 clock: self.clock.unwrap_or_else(clock::system),
@@ -245,13 +332,46 @@ impl MemoryBus {
         ))
     }
 
-    /// Append `bodies`, calling `on_id` with each new id in order.
-    fn append(
+    /// Append `bodies` as the stream's trim policy allows, waiting for room
+    /// when its overflow behaviour says so.
+    async fn append(&self, stream: &StreamName, bodies: &[Bytes], on_id: &mut (dyn FnMut(MessageId) + Send)) -> Result<()> {
+        let policy = self.inner.config.trim_of(stream);
+        let deadline = match policy {
+            TrimPolicy::KeepUnacknowledged {
+                overflow: Overflow::Wait(d),
+                ..
+            } => Instant::now().checked_add(d),
+            _ => None,
+        };
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match self.try_append(stream, bodies, policy, on_id) {
+                Ok(()) => return Ok(()),
+                Err(full) if deadline.is_some_and(|d| Instant::now() + pause < d) => {
+                    tracing::trace!(event = "publish_waiting_for_room", stream = %stream, length = full);
+                    crate::rt::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                Err(length) => {
+                    let max_len = self.inner.config.max_len_of(stream);
+                    return Err(crate::backend_support::backpressure(
+                        stream,
+                        length,
+                        policy.hard_cap(max_len),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// One attempt at appending; `Err(length)` when the stream is full by policy.
+    fn try_append(
         &self,
         stream: &StreamName,
-        bodies: impl IntoIterator<Item = Bytes>,
-        on_id: impl FnMut(MessageId),
-    ) {
+        bodies: &[Bytes],
+        policy: TrimPolicy,
+        on_id: &mut (dyn FnMut(MessageId) + Send),
+    ) -> std::result::Result<(), u64> {
         let inner = &*self.inner;
         let now = inner.clock.now_ms();
         let max_len = inner.config.max_len_of(stream);
@@ -261,15 +381,31 @@ impl MemoryBus {
                 Some(st) => st,
                 None => streams.entry(stream.clone()).or_default(),
             };
-            st.append(now, max_len, bodies, on_id);
-            let (length, pending) = (st.entries.len() as u64, st.max_pending());
-            let at_risk = inner.guard.policy().at_risk(length, pending, max_len);
-            (at_risk && inner.guard.warn_due(&mut st.last_warn_ms, now)).then_some((length, pending))
+            st.make_room(policy, max_len, bodies.len() as u64)?;
+            st.push(now, bodies.iter().cloned(), on_id);
+            if policy == TrimPolicy::DropOldest {
+                st.trim_to(max_len);
+            }
+            let sample = BacklogSample {
+                length: st.entries.len() as u64,
+                pending: st.max_pending(),
+                max_len,
+                trimmed_undelivered: st
+                    .groups
+                    .values()
+                    .filter_map(|g| st.trimmed_undelivered(g))
+                    .max()
+                    .unwrap_or(0),
+            };
+            let at_risk = inner.guard.policy().at_risk(sample.length, sample.pending, max_len)
+                || sample.trimmed_undelivered > 0;
+            (at_risk && inner.guard.warn_due(&mut st.last_warn_ms, now)).then_some(sample)
         };
         inner.appended.notify(usize::MAX);
-        if let Some((length, pending)) = warn {
-            crate::backend_support::warn_backlog(stream, length, pending, max_len);
+        if let Some(sample) = warn {
+            crate::backend_support::warn_backlog(stream, sample);
         }
+        Ok(())
     }
 
     fn try_read(
@@ -281,7 +417,14 @@ impl MemoryBus {
     ) -> Result<Vec<Delivery>> {
         let now = self.inner.clock.now_ms();
         let mut streams = self.inner.streams.lock();
-        let (entries, g) = stream_group(&mut streams, stream, group)?;
+        let st = streams
+            .get_mut(stream)
+            .ok_or_else(|| MemoryBus::no_group(stream, group))?;
+        let entries = &st.entries;
+        let g = st
+            .groups
+            .get_mut(group)
+            .ok_or_else(|| MemoryBus::no_group(stream, group))?;
         if !g.consumers.contains(consumer) {
             g.consumers.insert(consumer.clone());
         }
@@ -298,8 +441,10 @@ impl MemoryBus {
                     not_before_ms: None,
                 },
             );
-            out.push(Delivery::new(*id, 1, body.clone()));
+            out.push(Delivery::new(*id, 1, body.clone()).with_max_bytes(self.inner.config.codec.max_bytes()));
         }
+        // Redis 7.0 counts deliveries exactly; a trim leaves no trace in the count.
+        g.entries_read = g.entries_read.map(|read| read + out.len() as u64);
         Ok(out)
     }
 }
@@ -312,6 +457,10 @@ impl EventBus for MemoryBus {
 
     fn max_len(&self, stream: &StreamName) -> u64 {
         self.inner.config.max_len_of(stream)
+    }
+
+    fn trim_policy(&self, stream: &StreamName) -> TrimPolicy {
+        self.inner.config.trim_of(stream)
     }
 
     async fn ping(&self) -> Result<()> {
@@ -327,14 +476,18 @@ impl EventBus for MemoryBus {
         if st.groups.contains_key(group) {
             return Ok(false);
         }
-        let last_delivered = match start {
-            StartFrom::Latest => st.last_id,
-            StartFrom::Beginning => MessageId::ZERO,
+        let (last_delivered, entries_read) = match start {
+            StartFrom::Latest => (st.last_id, Some(st.entries_added)),
+            StartFrom::Beginning => (
+                MessageId::ZERO,
+                (st.entries_added == st.entries.len() as u64).then_some(0),
+            ),
         };
         st.groups.insert(
             group.clone(),
             GroupState {
                 last_delivered,
+                entries_read,
                 consumers: BTreeSet::new(),
                 pel: BTreeMap::new(),
             },
@@ -348,7 +501,8 @@ impl EventBus for MemoryBus {
             .check(|| format!("publish to stream `{stream}`"))?;
         let body = self.inner.config.codec.encode(envelope)?;
         let mut id = MessageId::ZERO;
-        self.append(stream, [body], |new| id = new);
+        self.append(stream, std::slice::from_ref(&body), &mut |new| id = new)
+            .await?;
         Ok(id)
     }
 
@@ -364,7 +518,7 @@ impl EventBus for MemoryBus {
             .collect::<Result<Vec<_>>>()?;
         let mut ids = Vec::with_capacity(bodies.len());
         if !bodies.is_empty() {
-            self.append(stream, bodies, |id| ids.push(id));
+            self.append(stream, &bodies, &mut |id| ids.push(id)).await?;
         }
         Ok(ids)
     }
@@ -376,7 +530,10 @@ impl EventBus for MemoryBus {
         consumer: &ConsumerName,
         options: ReadOptions,
     ) -> Result<Vec<Delivery>> {
-        let deadline = options.block.map(|b| Instant::now() + b);
+        // A block too long to represent waits "forever", as `Duration::MAX` asks.
+        let deadline = options
+            .block
+            .map(|b| Instant::now().checked_add(b).unwrap_or_else(far_future));
         loop {
             self.inner
                 .outage
@@ -427,7 +584,15 @@ impl EventBus for MemoryBus {
             .map(|(id, _)| *id)
             .take(count.max(1))
             .collect();
-        Ok(claim_in(entries, g, consumer, now, min_idle, &ids))
+        Ok(claim_in(
+            entries,
+            g,
+            consumer,
+            now,
+            min_idle,
+            &ids,
+            self.inner.config.codec.max_bytes(),
+        ))
     }
 
     async fn claim_ids(
@@ -451,6 +616,7 @@ impl EventBus for MemoryBus {
             now,
             clock::duration_ms(min_idle),
             ids,
+            self.inner.config.codec.max_bytes(),
         ))
     }
 
@@ -690,6 +856,7 @@ impl EventBus for MemoryBus {
                     pending: g.pel.len() as u64,
                     last_delivered: g.last_delivered,
                     lag: Some(st.count_after(g.last_delivered)),
+                    entries_read: g.entries_read,
                 })
                 .collect(),
         })
@@ -710,6 +877,7 @@ impl EventBus for MemoryBus {
             pending: g.pel.len() as u64,
             lag: Some(st.count_after(g.last_delivered)),
             max_len: self.inner.config.max_len_of(stream),
+            trimmed_undelivered: st.trimmed_undelivered(g),
         })
     }
 
@@ -748,4 +916,10 @@ impl EventBus for MemoryBus {
             .push((pattern.clone(), tx, stats.clone()));
         Ok(Subscription::with_stats(rx, stats))
     }
+}
+
+/// An instant a century away: "never" for timeouts that do not fit in an `Instant`.
+fn far_future() -> Instant {
+    let now = Instant::now();
+    now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)).unwrap_or(now)
 }

@@ -6,16 +6,19 @@ use super::{
     scripts, Conn,
 };
 use crate::{
-    backend_support::{BacklogGuard, BusConfig},
+    backend_support::{BacklogGuard, BacklogSample, BusConfig},
     clock,
     error::{Error, Result},
     name::{ConsumerName, GroupName, StreamName, Topic, TopicPattern},
     Backlog, Capabilities, Claimed, Delivery, Envelope, EventBus, MessageId, PendingEntry, PendingSummary,
-    ReadOptions, Release, StartFrom, StreamInfo, Subscription,
+    Overflow, ReadOptions, Release, StartFrom, TrimPolicy, StreamInfo, Subscription,
 };
 use async_trait::async_trait;
 use redis::Value;
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 /// Longest retry delay and read block accepted (30 days); longer ones are clamped.
 const MAX_DELAY_MS: u64 = 30 * 24 * 3600 * 1000;
@@ -51,16 +54,79 @@ impl RedisBus {
         }
     }
 
-    fn xadd(stream: &StreamName, max_len: u64, body: &[u8]) -> redis::Cmd {
+    /// `XADD`, trimmed to about `max_len` when given.
+    fn xadd(stream: &StreamName, max_len: Option<u64>, body: &[u8]) -> redis::Cmd {
         let mut c = redis::cmd("XADD");
-        c.arg(stream.as_str())
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(max_len)
-            .arg("*")
-            .arg(BODY_FIELD)
-            .arg(body);
+        c.arg(stream.as_str());
+        if let Some(max_len) = max_len {
+            c.arg("MAXLEN").arg("~").arg(max_len);
+        }
+        c.arg("*").arg(BODY_FIELD).arg(body);
         c
+    }
+
+    /// Append `bodies` as the stream's trim policy says. Keeping
+    /// unacknowledged entries costs nothing while the stream is clearly below
+    /// its cap (a plain `XADD`); near it, the append runs as one script that
+    /// trims what every group acknowledged and enforces the hard cap.
+    async fn publish_bodies(&self, stream: &StreamName, bodies: &[&[u8]]) -> Result<Vec<MessageId>> {
+        let max_len = self.config.max_len_of(stream);
+        let policy = self.config.trim_of(stream);
+        let TrimPolicy::KeepUnacknowledged { overflow, .. } = policy else {
+            let xadds = bodies.iter().map(|b| Self::xadd(stream, Some(max_len), b)).collect();
+            return self.append(stream, xadds).await;
+        };
+        let n = bodies.len() as u64;
+        let near_cap = self
+            .guard
+            .est_len(stream)
+            .is_none_or(|len| len.saturating_add(n) > max_len);
+        if near_cap {
+            return self
+                .keep_add(stream, bodies, max_len, policy.hard_cap(max_len), overflow)
+                .await;
+        }
+        self.guard.add_len(stream, n);
+        self.append(stream, bodies.iter().map(|b| Self::xadd(stream, None, b)).collect())
+            .await
+    }
+
+    /// The keep-unacknowledged append script, retried while `overflow` says wait.
+    async fn keep_add(
+        &self,
+        stream: &StreamName,
+        bodies: &[&[u8]],
+        max_len: u64,
+        hard_cap: u64,
+        overflow: Overflow,
+    ) -> Result<Vec<MessageId>> {
+        let deadline = match overflow {
+            Overflow::Wait(d) => Instant::now().checked_add(d),
+            _ => None,
+        };
+        let mode = if overflow == Overflow::DropOldest { "drop" } else { "reject" };
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let mut call = scripts::KEEP_ADD.key(stream.as_str());
+            call.arg(max_len).arg(hard_cap).arg(mode).arg(BODY_FIELD);
+            for body in bodies {
+                call.arg(*body);
+            }
+            let reply: Value = call
+                .invoke_async(&mut self.conn.manager())
+                .await
+                .map_err(|e| map_err(e, format!("publish to stream `{stream}`")))?;
+            let (length, ids) = parse::keep_add_reply(&reply)?;
+            self.guard.set_len(stream, length);
+            match ids {
+                Some(ids) => return Ok(ids),
+                None if deadline.is_some_and(|d| Instant::now() + pause < d) => {
+                    crate::rt::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(100));
+                }
+                None => return Err(crate::backend_support::backpressure(stream, length, hard_cap)),
+            }
+        }
     }
 
     /// `XREADGROUP` (after `XACK` of `acks`, in the same round trip), safe
@@ -234,8 +300,18 @@ impl RedisBus {
         if sample {
             if let [.., len, groups] = &replies[..] {
                 let length = redis::from_redis_value_ref::<u64>(len).unwrap_or(0);
-                self.guard
-                    .observe(stream, now, length, parse::max_pending(groups), max_len);
+                let groups = parse::groups(groups).unwrap_or_default();
+                let sample = BacklogSample {
+                    length,
+                    pending: groups.iter().map(|g| g.pending).max().unwrap_or(0),
+                    max_len,
+                    trimmed_undelivered: groups
+                        .iter()
+                        .filter_map(|g| parse::trimmed_undelivered(g.lag, length))
+                        .max()
+                        .unwrap_or(0),
+                };
+                self.guard.observe(stream, now, sample);
             }
         }
         replies[..n].iter().map(parse::message_id).collect()
@@ -254,6 +330,10 @@ impl EventBus for RedisBus {
         self.config.max_len_of(stream)
     }
 
+    fn trim_policy(&self, stream: &StreamName) -> TrimPolicy {
+        self.config.trim_of(stream)
+    }
+
     async fn ping(&self) -> Result<()> {
         redis::cmd("PING")
             .query_async::<()>(&mut self.conn.manager())
@@ -266,31 +346,21 @@ impl EventBus for RedisBus {
             StartFrom::Latest => "$",
             StartFrom::Beginning => "0",
         };
-        let created = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(stream.as_str())
+        // Only an existing group means "already there"; anything else (a key
+        // of the wrong type, a lost connection) is a real failure.
+        let created: u64 = scripts::CREATE_GROUP
+            .key(stream.as_str())
             .arg(group.as_str())
             .arg(from)
-            .arg("MKSTREAM")
-            .query_async::<()>(&mut self.conn.manager())
-            .await;
-        match created {
-            Ok(()) => Ok(true),
-            // Only BUSYGROUP means "already there"; anything else (a key of the
-            // wrong type, a lost connection) is a real failure.
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(false),
-            Err(e) => Err(map_err(e, format!("create group `{group}` on stream `{stream}`"))),
-        }
+            .invoke_async(&mut self.conn.manager())
+            .await
+            .map_err(|e| map_err(e, format!("create group `{group}` on stream `{stream}`")))?;
+        Ok(created == 1)
     }
 
     async fn publish(&self, stream: &StreamName, envelope: &Envelope) -> Result<MessageId> {
         let body = self.config.codec.encode(envelope)?;
-        let ids = self
-            .append(
-                stream,
-                vec![Self::xadd(stream, self.config.max_len_of(stream), &body)],
-            )
-            .await?;
+        let ids = self.publish_bodies(stream, &[&body[..]]).await?;
         ids.into_iter()
             .next()
             .ok_or_else(|| Error::new(crate::ErrorKind::Protocol, "XADD returned no id"))
@@ -300,17 +370,13 @@ impl EventBus for RedisBus {
         if envelopes.is_empty() {
             return Ok(Vec::new());
         }
-        let max_len = self.config.max_len_of(stream);
         // Encode everything first: one bad envelope publishes nothing.
         let bodies = envelopes
             .iter()
             .map(|e| self.config.codec.encode(e))
             .collect::<Result<Vec<_>>>()?;
-        self.append(
-            stream,
-            bodies.iter().map(|b| Self::xadd(stream, max_len, b)).collect(),
-        )
-        .await
+        let slices: Vec<&[u8]> = bodies.iter().map(|b| &b[..]).collect();
+        self.publish_bodies(stream, &slices).await
     }
 
     async fn read(
@@ -611,6 +677,7 @@ impl EventBus for RedisBus {
             pending: g.pending,
             lag: g.lag,
             max_len: self.config.max_len_of(stream),
+            trimmed_undelivered: parse::trimmed_undelivered(g.lag, length),
         })
     }
 

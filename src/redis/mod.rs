@@ -119,7 +119,7 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// Length cap of every stream (default 100 000).
+    /// Length cap of every stream (default 100 000; at least the floor, 1,000).
     pub fn max_len(mut self, max_len: u64) -> Self {
         self.bus.max_len = max_len;
         self
@@ -128,6 +128,25 @@ impl RedisBackendBuilder {
     /// Length cap of one stream.
     pub fn stream_max_len(mut self, stream: StreamName, max_len: u64) -> Self {
         self.bus.stream_max_len.insert(stream, max_len);
+        self
+    }
+
+    /// How every stream is trimmed past its cap (default [`TrimPolicy::DropOldest`](crate::TrimPolicy)).
+    pub fn trim_policy(mut self, policy: crate::TrimPolicy) -> Self {
+        self.bus.trim = policy;
+        self
+    }
+
+    /// How `stream` is trimmed past its cap.
+    pub fn stream_trim_policy(mut self, stream: StreamName, policy: crate::TrimPolicy) -> Self {
+        self.bus.stream_trim.insert(stream, policy);
+        self
+    }
+
+    /// Accept stream caps down to `floor` (default 1,000, as the reference
+    /// design clamps; lower caps are raised to it with a warning).
+    pub fn max_len_floor(mut self, floor: u64) -> Self {
+        self.bus.max_len_floor = floor;
         self
     }
 
@@ -153,6 +172,7 @@ impl RedisBackendBuilder {
     /// Build the backend. No connection is made until the first call, so
     /// this succeeds while Redis is down; call it inside the async runtime.
     pub fn build(self) -> Result<RedisBackend> {
+        self.bus.warn_raised_caps();
         let redacted_url = redact(&self.url);
         let client = redis::Client::open(self.url.as_str()).map_err(|e| {
             Error::invalid(format!(

@@ -82,14 +82,18 @@ pub(crate) fn entry(v: &Value, delivery_count: u64) -> Result<Delivery> {
         .filter(|p| p.len() == 2)
         .ok_or_else(|| protocol("stream entry is not [id, fields]"))?;
     let id = message_id(&parts[0])?;
-    let body = match &parts[1] {
-        Value::Nil => None,
-        fields => {
-            let kv = pairs(fields).ok_or_else(|| protocol("entry fields are not field/value pairs"))?;
-            field(&kv, BODY_FIELD).and_then(text).map(Bytes::copy_from_slice)
-        }
+    let kv = match &parts[1] {
+        Value::Nil => Vec::new(),
+        fields => pairs(fields).ok_or_else(|| protocol("entry fields are not field/value pairs"))?,
     };
-    Ok(Delivery::new(id, delivery_count, body.unwrap_or_default()))
+    if let Some(body) = field(&kv, BODY_FIELD).and_then(text) {
+        return Ok(Delivery::new(id, delivery_count, Bytes::copy_from_slice(body)));
+    }
+    let raw = kv
+        .iter()
+        .filter_map(|(k, v)| Some((Bytes::copy_from_slice(text(k)?), Bytes::copy_from_slice(text(v)?))))
+        .collect();
+    Ok(Delivery::new(id, delivery_count, Bytes::new()).with_fields(raw))
 }
 
 /// Entries of one stream, `[[id, fields], ...]`.
@@ -229,6 +233,7 @@ pub(crate) fn groups(v: &Value) -> Result<Vec<GroupInfo>> {
                     .transpose()?
                     .unwrap_or_default(),
                 lag: num("lag"),
+                entries_read: num("entries-read"),
             })
         })
         .collect()
@@ -253,11 +258,25 @@ pub(crate) fn stream_info(stream: &Value, groups_reply: &Value) -> Result<Stream
     })
 }
 
-/// The largest pending count over the groups of an `XINFO GROUPS` reply.
-pub(crate) fn max_pending(groups_reply: &Value) -> u64 {
-    groups(groups_reply)
-        .map(|g| g.iter().map(|g| g.pending).max().unwrap_or(0))
-        .unwrap_or(0)
+/// The keep-unacknowledged append script's reply: the stream's length, and
+/// the new ids, or `None` when the stream was full.
+pub(crate) fn keep_add_reply(v: &Value) -> Result<(u64, Option<Vec<MessageId>>)> {
+    let parts = items(v)
+        .filter(|p| p.len() >= 2)
+        .ok_or_else(|| protocol("append script reply is not [status, length, ...]"))?;
+    let len = int(&parts[1]).ok_or_else(|| protocol("append script length"))?;
+    match text(&parts[0]) {
+        Some(b"ok") => Ok((len, Some(parts[2..].iter().map(message_id).collect::<Result<_>>()?))),
+        Some(b"full") => Ok((len, None)),
+        _ => Err(protocol("append script status")),
+    }
+}
+
+/// Entries trimmed before a group had them delivered, while the gap is still
+/// ahead of it: Redis 7.0 keeps `lag = entries-added - entries-read` exact
+/// across trims, so what exceeds the stream's length was trimmed unread.
+pub(crate) fn trimmed_undelivered(lag: Option<u64>, length: u64) -> Option<u64> {
+    lag.map(|lag| lag.saturating_sub(length))
 }
 
 #[cfg(test)]

@@ -159,3 +159,94 @@ return {1, held}
 "#,
     )
 });
+
+/// Append entries under [`TrimPolicy::KeepUnacknowledged`](crate::TrimPolicy):
+/// past the cap, trim exactly the entries every group has acknowledged
+/// (`XTRIM MINID` at the lowest id some group still needs: its oldest
+/// pending entry, or the one after its last delivered); a stream without
+/// groups trims by length. At the hard cap, reject or (`drop`) trim by length.
+///
+/// KEYS: stream. ARGV: max_len, hard_cap, `reject` | `drop`, body field, bodies...
+/// Returns `{'ok', length, ids...}` or `{'full', length}`.
+pub(crate) static KEEP_ADD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local key = KEYS[1]
+local max_len, hard_cap = tonumber(ARGV[1]), tonumber(ARGV[2])
+local n = #ARGV - 4
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function less(a, b)
+  local am, as = parse(a)
+  local bm, bs = parse(b)
+  return am < bm or (am == bm and as < bs)
+end
+local len = redis.call('XLEN', key)
+if len + n > max_len then
+  local groups = redis.pcall('XINFO', 'GROUPS', key)
+  if type(groups) ~= 'table' or groups.err then groups = {} end
+  if #groups == 0 then
+    redis.call('XTRIM', key, 'MAXLEN', '=', math.max(max_len - n, 0))
+  else
+    local safe = nil
+    for _, g in ipairs(groups) do
+      local name, last
+      for j = 1, #g, 2 do
+        if g[j] == 'name' then name = g[j + 1] elseif g[j] == 'last-delivered-id' then last = g[j + 1] end
+      end
+      local ms, seq = parse(last)
+      local need = string.format('%.0f-%.0f', ms, seq + 1)
+      local p = redis.call('XPENDING', key, name)
+      if p[1] > 0 and less(p[2], need) then need = p[2] end
+      if safe == nil or less(need, safe) then safe = need end
+    end
+    redis.call('XTRIM', key, 'MINID', '=', safe)
+  end
+  len = redis.call('XLEN', key)
+end
+if len + n > hard_cap then
+  if ARGV[3] ~= 'drop' then return {'full', len} end
+  redis.call('XTRIM', key, 'MAXLEN', '=', math.max(hard_cap - n, 0))
+end
+local out = {'ok', 0}
+for i = 5, #ARGV do out[#out + 1] = redis.call('XADD', key, '*', ARGV[4], ARGV[i]) end
+out[2] = redis.call('XLEN', key)
+return out
+"#,
+    )
+});
+
+/// Create a group with an exact `entries-read` (Redis 7.0 leaves it unknown
+/// otherwise, and its lag then hides entries trimmed before delivery): the
+/// stream's `entries-added` for `$`, 0 for `0` when nothing was ever removed.
+///
+/// KEYS: stream. ARGV: group, `$` | `0`. Returns 1 when created, 0 when it existed.
+pub(crate) static CREATE_GROUP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local key, group, start = KEYS[1], ARGV[1], ARGV[2]
+local added, len = 0, 0
+if redis.call('EXISTS', key) == 1 then
+  local info = redis.call('XINFO', 'STREAM', key)
+  for j = 1, #info, 2 do
+    if info[j] == 'entries-added' then added = info[j + 1] elseif info[j] == 'length' then len = info[j + 1] end
+  end
+end
+local reply
+if start == '$' then
+  reply = redis.pcall('XGROUP', 'CREATE', key, group, '$', 'MKSTREAM', 'ENTRIESREAD', added)
+elseif added == len then
+  reply = redis.pcall('XGROUP', 'CREATE', key, group, start, 'MKSTREAM', 'ENTRIESREAD', 0)
+else
+  reply = redis.pcall('XGROUP', 'CREATE', key, group, start, 'MKSTREAM')
+end
+if type(reply) == 'table' and reply.err then
+  if string.find(reply.err, 'BUSYGROUP') then return 0 end
+  return redis.error_reply(reply.err)
+end
+return 1
+"#,
+    )
+});

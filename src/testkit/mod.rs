@@ -16,6 +16,7 @@ pub mod lifecycle;
 pub mod liveness;
 pub mod registry;
 pub mod topology;
+pub mod trim;
 
 use async_trait::async_trait;
 use std::{fmt, future::Future, time::Duration};
