@@ -31,6 +31,9 @@ pub enum ErrorKind {
     /// The store is full by policy (a stream at its hard cap with
     /// unacknowledged entries); retry later, when consumers have caught up.
     Backpressure,
+    /// The store refused the credentials (Redis `NOAUTH`, `WRONGPASS`):
+    /// retrying with the same configuration will not help.
+    Authentication,
 }
 
 impl fmt::Display for ErrorKind {
@@ -46,6 +49,7 @@ impl fmt::Display for ErrorKind {
             Self::Shutdown => "shutdown",
             Self::Conflict => "conflict",
             Self::Backpressure => "backpressure",
+            Self::Authentication => "authentication",
         })
     }
 }
@@ -54,18 +58,42 @@ type Source = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// The error every fleetwire call returns.
 ///
-/// The message says what failed and with which name, e.g.
-/// ``publish to stream `inbound` failed: connection refused``; the backend's
-/// own error is kept as [`std::error::Error::source`].
-#[derive(thiserror::Error)]
-#[error("{context}{}", .source.as_ref().map(|s| format!(": {s}")).unwrap_or_default())]
+/// The message says what failed and with which name, then why, each cause
+/// once: ``publish to stream `inbound` failed: connection refused``.
+///
+/// Because the message already holds every cause, [`source`](std::error::Error::source)
+/// is `None`: an anyhow or eyre chain (`{:#}`) prints each cause once. The
+/// backend's own error is still there for inspection through [`Error::cause`].
 pub struct Error {
     kind: ErrorKind,
     context: String,
     temporary: bool,
-    #[source]
     source: Option<Source>,
 }
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.context)?;
+        // Many errors (redis-rs's among them) print their source in their own
+        // message and return it from `source()` too: skip what was printed.
+        let mut printed = self.context.clone();
+        let mut next: Option<&(dyn std::error::Error + 'static)> = match &self.source {
+            Some(s) => Some(s.as_ref()),
+            None => None,
+        };
+        while let Some(cause) = next {
+            let text = cause.to_string();
+            if !text.is_empty() && !printed.contains(&text) {
+                write!(f, ": {text}")?;
+                printed.push_str(&text);
+            }
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {}
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -125,6 +153,12 @@ impl Error {
         self.temporary
     }
 
+    /// The underlying error (e.g. a `redis::RedisError`), for downcasting.
+    /// Its text is already part of this error's message.
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.source.as_deref()
+    }
+
     pub(crate) fn invalid(context: impl Into<String>) -> Self {
         Self::new(ErrorKind::InvalidInput, context)
     }
@@ -157,7 +191,43 @@ mod tests {
         );
         assert_eq!(err.kind(), ErrorKind::Unavailable);
         assert!(err.is_temporary());
-        assert!(std::error::Error::source(&err).is_some());
+        assert!(err.cause().is_some_and(|c| c.is::<std::io::Error>()));
         assert!(!Error::invalid("bad name").is_temporary());
+        assert!(!Error::new(ErrorKind::Authentication, "auth").is_temporary());
+    }
+
+    /// What `anyhow`'s `{:#}` prints: the error, then each `source()`.
+    fn chain(e: &dyn std::error::Error) -> String {
+        let mut out = e.to_string();
+        let mut next = e.source();
+        while let Some(s) = next {
+            out.push_str(&format!(": {s}"));
+            next = s.source();
+        }
+        out
+    }
+
+    #[test]
+    fn each_cause_is_printed_once() {
+        /// Prints its source in its message and returns it, as redis-rs does.
+        #[derive(Debug)]
+        struct Echo(std::io::Error);
+        impl fmt::Display for Echo {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+        impl std::error::Error for Echo {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let inner = Error::unavailable("ping Redis failed").with_source(Echo(io));
+        let outer = Error::new(inner.kind(), "boot failed").with_source(inner);
+        assert_eq!(
+            chain(&outer),
+            "boot failed: ping Redis failed: connection refused"
+        );
     }
 }
