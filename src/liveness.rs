@@ -12,16 +12,20 @@ use std::{fmt, time::Duration};
 /// callers fall back to it.
 ///
 /// # Contract
-/// - `touch(id, ttl)` makes `id` alive until `ttl` lapses.
+/// - `touch(id, ttl)` makes `id` alive until `ttl` lapses (millisecond
+///   precision: under 1 ms counts as 1 ms, over 100 years as 100 years).
 /// - `is_alive_batch(ids)` answers every id asked, in order, in one round
 ///   trip; an error means "unavailable, fall back" — never a partial answer.
 /// - `forget(id)` makes `id` not alive at once; forgetting a missing id is `Ok`.
 /// - A backend that stores nothing reports `available() == false` and
 ///   answers `is_alive_batch` with an [`Unavailable`](crate::ErrorKind::Unavailable) error.
+/// - A backend over a server may report `available() == false` for a while
+///   after the server stopped answering (Redis: until a background probe gets
+///   an answer); its calls then fail at once instead of waiting out a timeout.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait LivenessStore: Send + Sync + fmt::Debug {
-    /// Whether a real backend is wired in.
+    /// Whether a real backend is wired in and, as far as it knows, answering.
     fn available(&self) -> bool;
     /// Record a fresh heartbeat of `id` for `ttl`.
     async fn touch(&self, id: &InstanceId, ttl: Duration) -> Result<()>;

@@ -153,6 +153,11 @@ impl Status {
     }
 }
 
+/// The longest TTL a store keeps: 100 years. A longer one, up to
+/// `Duration::MAX`, is kept for this long instead (no TTL overflows or wraps).
+#[cfg_attr(not(any(feature = "memory", feature = "redis")), allow(dead_code))]
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
 /// Where services announce themselves with a short TTL.
 ///
 /// # Contract
@@ -163,7 +168,8 @@ impl Status {
 /// - `deregister` removes the entry at once; removing a missing entry is `Ok`.
 /// - `list` returns alive instances sorted by service, then id; metadata
 ///   round-trips unchanged.
-/// - TTLs have millisecond precision.
+/// - TTLs have millisecond precision: a TTL under 1 ms counts as 1 ms, one
+///   over 100 years as 100 years; no `Duration` panics or wraps around.
 #[cfg_attr(feature = "mock", mockall::automock)]
 #[async_trait]
 pub trait RegistryStore: Send + Sync + fmt::Debug {

@@ -57,7 +57,10 @@ impl LivenessStore for MemoryLiveness {
         if map.len() % 1024 == 1023 {
             map.retain(|_, exp| *exp > now);
         }
-        map.insert(id.clone(), now + crate::backend_support::ttl_ms(ttl));
+        map.insert(
+            id.clone(),
+            now.saturating_add(crate::backend_support::ttl_ms(ttl.min(crate::registry::MAX_TTL))),
+        );
         Ok(())
     }
 

@@ -76,7 +76,10 @@ impl RegistryStore for MemoryRegistry {
         }
         entries.insert(
             (instance.service.clone(), instance.id.clone()),
-            (instance.clone(), now + crate::backend_support::ttl_ms(ttl)),
+            (
+                instance.clone(),
+                now.saturating_add(crate::backend_support::ttl_ms(ttl.min(crate::registry::MAX_TTL))),
+            ),
         );
         Ok(())
     }
@@ -87,7 +90,7 @@ impl RegistryStore for MemoryRegistry {
         let mut entries = self.entries.lock();
         match entries.get_mut(&(service.clone(), id.clone())) {
             Some((_, exp)) if *exp > now => {
-                *exp = now + crate::backend_support::ttl_ms(ttl);
+                *exp = now.saturating_add(crate::backend_support::ttl_ms(ttl.min(crate::registry::MAX_TTL)));
                 Ok(true)
             }
             _ => Ok(false),

@@ -5,39 +5,77 @@
 //! On Tokio the blocking connections come from a bb8 pool (bb8 is
 //! Tokio-only); on async-std and smol from a small free list of dedicated
 //! connections.
+//!
+//! The registry and liveness store run their commands through
+//! [`Conn::run`]: each is bounded by the response timeout, and after a
+//! connection-level failure the backend is marked down, so later calls fail
+//! at once with a temporary `Unavailable` error instead of each waiting out
+//! the timeout, until a background probe gets a `PING` answered (the
+//! reference design's `Available()` fallback).
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::{
+    error::{Error, ErrorKind, Result},
+    rt,
+};
 use parking_lot::Mutex;
 use redis::{aio::ConnectionManager, aio::MultiplexedConnection, AsyncConnectionConfig, RedisError};
 use std::{
-    sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
+    future::Future,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
+        Arc, Weak,
+    },
     time::Duration,
 };
 
+/// The server error codes in `e`: its own, or each of a pipeline's.
+fn server_codes(e: &RedisError) -> Vec<String> {
+    if let Some(code) = e.code() {
+        return vec![code.to_owned()];
+    }
+    e.clone()
+        .into_server_errors()
+        .map(|items| items.iter().map(|(_, s)| s.code().to_owned()).collect())
+        .unwrap_or_default()
+}
+
 /// Classify a redis-rs error, naming what failed.
 pub(crate) fn map_err(e: RedisError, what: impl std::fmt::Display) -> Error {
-    let code = e.code().unwrap_or_default();
-    // Pipelined errors carry no `detail()`; the message always names the cause.
+    let codes = server_codes(&e);
+    let has = |wanted: &[&str]| codes.iter().any(|c| wanted.contains(&c.as_str()));
+    // Some replies (errors inside a script's reply, say) only name the code in their text.
     let message = e.to_string().to_ascii_lowercase();
-    let kind = if code == "NOGROUP" || message.contains("nogroup") || message.contains("no such key") {
+    let kind = if has(&["NOAUTH", "WRONGPASS"]) || e.kind() == redis::ErrorKind::AuthenticationFailed {
+        ErrorKind::Authentication
+    } else if has(&["NOGROUP"]) || message.contains("nogroup") || message.contains("no such key") {
         ErrorKind::NotFound
-    } else if code == "WRONGTYPE" || message.contains("wrongtype") {
+    } else if has(&["WRONGTYPE"]) || message.contains("wrongtype") {
         ErrorKind::InvalidInput
     } else if e.is_timeout() {
         ErrorKind::Timeout
-    } else if e.is_io_error()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || matches!(
-            code,
-            "LOADING" | "TRYAGAIN" | "MASTERDOWN" | "CLUSTERDOWN" | "READONLY" | "BUSY"
-        )
+    } else if is_connection_failure(&e)
+        || has(&[
+            "LOADING",
+            "TRYAGAIN",
+            "MASTERDOWN",
+            "CLUSTERDOWN",
+            "READONLY",
+            "BUSY",
+            // Out of memory: writes fail until memory is freed or the limit raised.
+            "OOM",
+        ])
     {
         ErrorKind::Unavailable
     } else {
         ErrorKind::Protocol
     };
     Error::new(kind, format!("{what} failed")).with_source(e)
+}
+
+/// Whether `e` says the server could not be reached or stopped answering
+/// (as opposed to an answer that was an error).
+fn is_connection_failure(e: &RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
 /// Where blocking reads get their connection.
@@ -215,35 +253,213 @@ pub(crate) struct Conn {
     pub(crate) blocking: Blocking,
     pub(crate) response_timeout: Duration,
     pub(crate) redacted_url: String,
+    pub(crate) health: Health,
 }
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Conn")
             .field("url", &self.redacted_url)
+            .field("available", &self.available())
             .field("blocking", &self.blocking)
             .finish()
     }
 }
 
+/// Whether the server answers, as the last ordinary command and the probe saw it.
+#[derive(Debug)]
+pub(crate) struct Health {
+    down: AtomicBool,
+    probing: AtomicBool,
+    probe_every: Duration,
+    /// What the failure that marked the server down said (no secrets: a
+    /// redis-rs error never quotes the URL).
+    last_failure: Mutex<String>,
+}
+
+impl Health {
+    pub(crate) fn new(probe_every: Duration) -> Self {
+        Self {
+            down: AtomicBool::new(false),
+            probing: AtomicBool::new(false),
+            probe_every,
+            last_failure: Mutex::new(String::new()),
+        }
+    }
+}
+
+/// The error of a call made while the server is marked down.
+#[derive(Debug)]
+struct MarkedDown(String);
+
+impl std::fmt::Display for MarkedDown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Redis is unavailable (last failure: {}); calls fail fast until a background probe gets an answer",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for MarkedDown {}
+
+/// A reply that did not come within the response timeout.
+#[derive(Debug)]
+struct NoReply(Duration);
+
+impl std::fmt::Display for NoReply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no reply from Redis within {:?}", self.0)
+    }
+}
+
+impl std::error::Error for NoReply {}
+
 impl Conn {
     pub(crate) fn manager(&self) -> ConnectionManager {
         self.manager.clone()
     }
+
+    /// False from a connection-level failure of an ordinary command until
+    /// the background probe gets a `PING` answered.
+    pub(crate) fn available(&self) -> bool {
+        !self.health.down.load(SeqCst)
+    }
+
+    /// Run one ordinary command (or pipeline) for `what`: at once a
+    /// temporary `Unavailable` error while the server is marked down;
+    /// otherwise the reply, waited for at most the response timeout.
+    ///
+    /// # Cancel safety
+    /// Dropping the future drops the command's reply; nothing else changes.
+    pub(crate) async fn run<T>(
+        self: &Arc<Self>,
+        what: impl FnOnce() -> String,
+        command: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T> {
+        if !self.available() {
+            let last = self.health.last_failure.lock().clone();
+            return Err(Error::unavailable(format!("{} failed", what())).with_source(MarkedDown(last)));
+        }
+        match rt::timeout(self.response_timeout, command).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if is_connection_failure(&e) {
+                    self.mark_down(e.to_string());
+                }
+                Err(map_err(e, what()))
+            }
+            Err(rt::Elapsed) => {
+                let e = NoReply(self.response_timeout);
+                self.mark_down(e.to_string());
+                Err(Error::new(ErrorKind::Timeout, format!("{} failed", what())).with_source(e))
+            }
+        }
+    }
+
+    /// Mark the server down and make sure a probe is running.
+    fn mark_down(self: &Arc<Self>, why: String) {
+        let h = &self.health;
+        *h.last_failure.lock() = why;
+        if !h.down.swap(true, SeqCst) {
+            tracing::warn!(
+                event = "redis_unavailable",
+                url = %self.redacted_url,
+                error = %h.last_failure.lock(),
+                "Redis did not answer: registry and liveness calls fail fast until it does"
+            );
+        }
+        // The probe clears `probing` before `down`, so a failure racing with
+        // its success either sees `probing` false and starts a new probe, or
+        // is overwritten by a success that came after it was sent.
+        if !h.probing.swap(true, SeqCst) {
+            rt::spawn_detached(probe(Arc::downgrade(self), h.probe_every));
+        }
+    }
 }
 
-/// `url` with any password replaced by `***`.
+/// `PING` every `every` until answered, then mark the server up. Ends when
+/// the backend is dropped.
+async fn probe(conn: Weak<Conn>, every: Duration) {
+    let mut attempts = 0u64;
+    loop {
+        rt::sleep(every).await;
+        let Some(conn) = conn.upgrade() else {
+            return;
+        };
+        attempts += 1;
+        // Through the shared connection: an answer proves the very
+        // connection later calls use has been re-established.
+        let (mut manager, ping) = (conn.manager(), redis::cmd("PING"));
+        if let Ok(Ok(())) = rt::timeout(conn.response_timeout, ping.query_async::<()>(&mut manager)).await {
+            conn.health.probing.store(false, SeqCst);
+            conn.health.down.store(false, SeqCst);
+            tracing::info!(
+                event = "redis_available",
+                url = %conn.redacted_url,
+                probes = attempts,
+                "Redis answers again"
+            );
+            return;
+        }
+    }
+}
+
+/// `url` with every password replaced by `***`: the one in the user info
+/// (`redis://user:pw@host`) and any query parameter naming one
+/// (`redis+unix:///path?pass=pw`, `?password=pw`).
 pub(crate) fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+        // Not a URL redis-rs accepts; whatever it is, it may hold a secret.
+        return "(unparsable URL)".to_owned();
     };
+    let rest = redact_query(rest);
+    // The user info ends at the last `@`, wherever the password's own
+    // unescaped characters (`/`, `?`, `#`, `@`) would have put it.
     match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_owned(),
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) if !user.contains(['/', '?', '#']) => format!("{scheme}://{user}:***@{host}"),
+            Some(_) => format!("{scheme}://***@{host}"),
+            // A user name alone is no secret.
+            None => format!("{scheme}://{rest}"),
+        },
+        None => format!("{scheme}://{rest}"),
     }
+}
+
+/// Query parameters whose name says "password" get their value replaced.
+fn redact_query(rest: &str) -> String {
+    let Some((before, query)) = rest.split_once('?') else {
+        return rest.to_owned();
+    };
+    let mut out = format!("{before}?");
+    let mut secret = false;
+    for (n, param) in query.split('&').enumerate() {
+        let name = param.split_once('=').map(|(k, _)| k);
+        match name {
+            Some(k) if is_secret_name(k) => secret = true,
+            // A `&` in a secret value does not end it unless a `name=` follows.
+            None if secret => continue,
+            _ => secret = false,
+        }
+        if n > 0 {
+            out.push('&');
+        }
+        match (secret, name) {
+            (true, Some(k)) => {
+                out.push_str(k);
+                out.push_str("=***");
+            }
+            _ => out.push_str(param),
+        }
+    }
+    out
+}
+
+fn is_secret_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["pass", "secret", "token"].iter().any(|s| name.contains(s))
 }
 
 #[cfg(test)]
@@ -253,5 +469,21 @@ mod tests {
         assert_eq!(super::redact("redis://:s3cret@h:6379/0"), "redis://:***@h:6379/0");
         assert_eq!(super::redact("rediss://me:p@ss@h"), "rediss://me:***@h");
         assert_eq!(super::redact("redis://h:6379"), "redis://h:6379");
+        assert_eq!(super::redact("redis://me@h"), "redis://me@h");
+        assert_eq!(
+            super::redact("redis+unix:///var/run/redis.sock?db=1&pass=S3cret"),
+            "redis+unix:///var/run/redis.sock?db=1&pass=***"
+        );
+        assert_eq!(
+            super::redact("unix:///s.sock?user=u&pass=a&b&protocol=resp3"),
+            "unix:///s.sock?user=u&pass=***&protocol=resp3"
+        );
+        assert_eq!(
+            super::redact("redis://h/0?password=p@w"),
+            "redis://h/0?password=***"
+        );
+        assert_eq!(super::redact("redis://:pa/ss?x@h"), "redis://:***@h");
+        assert_eq!(super::redact("redis://u/x:pw@h"), "redis://***@h");
+        assert_eq!(super::redact("h:pw@6379"), "(unparsable URL)");
     }
 }

@@ -13,6 +13,8 @@ use crate::{
 #[derive(Debug, Clone)]
 pub(crate) struct Keys {
     ns: String,
+    /// Liveness keys are `{liveness_prefix}{id}`; `{ns}:liveness:` unless set.
+    liveness_prefix: String,
 }
 
 impl Keys {
@@ -22,7 +24,19 @@ impl Keys {
             .map_err(|e| Error::invalid(format!("invalid Redis namespace `{namespace}`")).with_source(e))?;
         Ok(Self {
             ns: namespace.to_owned(),
+            liveness_prefix: format!("{namespace}:liveness:"),
         })
+    }
+
+    /// Liveness keys `{prefix}{id}`, e.g. the reference Go store's `mul:runtime:hb:`.
+    pub(crate) fn with_liveness_prefix(mut self, prefix: &str) -> Result<Self> {
+        if prefix.is_empty() || prefix.chars().any(|c| c.is_control() || c.is_whitespace()) {
+            return Err(Error::invalid(format!(
+                "invalid liveness key prefix {prefix:?}: it must be non-empty, without spaces or control characters"
+            )));
+        }
+        self.liveness_prefix = prefix.to_owned();
+        Ok(self)
     }
 
     pub(crate) fn instance(&self, service: &ServiceName, id: &InstanceId) -> String {
@@ -52,15 +66,27 @@ impl Keys {
     }
 
     pub(crate) fn liveness(&self, id: &InstanceId) -> String {
-        format!("{}:liveness:{id}", self.ns)
+        format!("{}{id}", self.liveness_prefix)
     }
 
     /// The liveness keys of `ids` as command arguments, each written straight
     /// into the command buffer (no `String` per key on the batch path).
     pub(crate) fn liveness_args<'a>(&'a self, ids: &'a [InstanceId]) -> PrefixedArgs<'a> {
         PrefixedArgs {
+            prefix: &self.liveness_prefix,
+            ids,
+        }
+    }
+
+    /// The instance keys of `service` for `ids`, as command arguments.
+    pub(crate) fn instance_args<'a>(
+        &'a self,
+        service: &'a ServiceName,
+        ids: &'a [InstanceId],
+    ) -> InstanceArgs<'a> {
+        InstanceArgs {
             ns: &self.ns,
-            infix: ":liveness:",
+            service,
             ids,
         }
     }
@@ -86,10 +112,9 @@ impl Keys {
     }
 }
 
-/// `{ns}{infix}{id}` for each id, as separate Redis arguments.
+/// `{prefix}{id}` for each id, as separate Redis arguments.
 pub(crate) struct PrefixedArgs<'a> {
-    ns: &'a str,
-    infix: &'static str,
+    prefix: &'a str,
     ids: &'a [InstanceId],
 }
 
@@ -99,8 +124,28 @@ impl redis::ToRedisArgs for PrefixedArgs<'_> {
         for id in self.ids {
             let mut w = out.writer_for_next_arg();
             // Writing into the command's own buffer cannot fail.
+            let _ = w.write_all(self.prefix.as_bytes());
+            let _ = w.write_all(id.as_str().as_bytes());
+        }
+    }
+}
+
+/// `{ns}:registry:service:{service}:{id}` for each id, as separate Redis arguments.
+pub(crate) struct InstanceArgs<'a> {
+    ns: &'a str,
+    service: &'a ServiceName,
+    ids: &'a [InstanceId],
+}
+
+impl redis::ToRedisArgs for InstanceArgs<'_> {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write;
+        for id in self.ids {
+            let mut w = out.writer_for_next_arg();
             let _ = w.write_all(self.ns.as_bytes());
-            let _ = w.write_all(self.infix.as_bytes());
+            let _ = w.write_all(b":registry:service:");
+            let _ = w.write_all(self.service.as_str().as_bytes());
+            let _ = w.write_all(b":");
             let _ = w.write_all(id.as_str().as_bytes());
         }
     }
@@ -118,7 +163,10 @@ mod tests {
             InstanceId::new("gw-1").unwrap(),
         );
         assert_eq!(k.instance(&s, &i), "sg:registry:service:gateway:gw-1");
-        assert_eq!(k.parse_instance("sg:registry:service:gateway:gw-1"), Some((s, i)));
+        assert_eq!(
+            k.parse_instance("sg:registry:service:gateway:gw-1"),
+            Some((s.clone(), i))
+        );
         assert_eq!(k.parse_instance("sg:registry:service:gateway:gw:1"), None);
         assert_eq!(k.parse_instance("xx:registry:service:gateway:gw-1"), None);
         assert!(Keys::new("a*b").is_err());
@@ -128,5 +176,20 @@ mod tests {
             args,
             [k.liveness(&ids[0]).into_bytes(), k.liveness(&ids[1]).into_bytes()]
         );
+        assert_eq!(k.liveness(&ids[0]), "sg:liveness:a");
+        let args = redis::ToRedisArgs::to_redis_args(&k.instance_args(&s, &ids));
+        assert_eq!(
+            args,
+            [
+                k.instance(&s, &ids[0]).into_bytes(),
+                k.instance(&s, &ids[1]).into_bytes()
+            ]
+        );
+        let go = k.clone().with_liveness_prefix("mul:runtime:hb:").unwrap();
+        assert_eq!(go.liveness(&ids[0]), "mul:runtime:hb:a");
+        let args = redis::ToRedisArgs::to_redis_args(&go.liveness_args(&ids[1..]));
+        assert_eq!(args, [b"mul:runtime:hb:b".to_vec()]);
+        assert!(k.clone().with_liveness_prefix("").is_err());
+        assert!(k.clone().with_liveness_prefix("a b:").is_err());
     }
 }

@@ -1,15 +1,21 @@
-use super::{connection::map_err, keys::Keys, Conn};
-use crate::{error::Result, name::InstanceId, ErrorKind, LivenessStore};
+use super::{keys::Keys, Conn};
+use crate::{error::Result, name::InstanceId, registry::MAX_TTL, ErrorKind, LivenessStore};
 use async_trait::async_trait;
 use std::{sync::Arc, time::Duration};
 
 /// Keys per `MGET`; larger batches are split and pipelined in one round trip.
 const MGET_CHUNK: usize = 10_000;
 
-/// Redis [`LivenessStore`]: one `{ns}:liveness:{id}` key per id with a `PX` TTL.
+/// Redis [`LivenessStore`]: one `{ns}:liveness:{id}` key per id holding `1`
+/// with a `PX` TTL (the prefix is configurable with
+/// [`liveness_key_prefix`](super::RedisBackendBuilder::liveness_key_prefix),
+/// e.g. `mul:runtime:hb:` to share keys with the reference Go store).
 ///
-/// `is_alive_batch` is one round trip for any batch size; every failure is
-/// reported as [`Unavailable`](crate::ErrorKind::Unavailable) so callers fall back.
+/// `is_alive_batch` is one round trip for any batch size; every failure but
+/// refused credentials ([`Authentication`](crate::ErrorKind::Authentication))
+/// is reported as [`Unavailable`](crate::ErrorKind::Unavailable) so callers fall back.
+/// [`available`](LivenessStore::available) turns false after a connection-level
+/// failure, and calls fail fast, until Redis answers a background probe again.
 #[derive(Debug, Clone)]
 pub struct RedisLiveness {
     conn: Arc<Conn>,
@@ -34,43 +40,53 @@ impl redis::FromRedisValue for Present {
 #[async_trait]
 impl LivenessStore for RedisLiveness {
     fn available(&self) -> bool {
-        true
+        self.conn.available()
     }
 
     async fn touch(&self, id: &InstanceId, ttl: Duration) -> Result<()> {
-        redis::cmd("SET")
-            .arg(self.keys.liveness(id))
-            .arg(1)
-            .arg("PX")
-            .arg(crate::backend_support::ttl_ms(ttl))
-            .query_async::<()>(&mut self.conn.manager())
+        let mut conn = self.conn.manager();
+        self.conn
+            .run(
+                || format!("liveness touch of `{id}`"),
+                redis::cmd("SET")
+                    .arg(self.keys.liveness(id))
+                    .arg(1)
+                    .arg("PX")
+                    .arg(crate::backend_support::ttl_ms(ttl.min(MAX_TTL)))
+                    .query_async::<()>(&mut conn),
+            )
             .await
-            .map_err(|e| map_err(e, format!("liveness touch of `{id}`")))
     }
 
     async fn is_alive_batch(&self, ids: &[InstanceId]) -> Result<Vec<bool>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        // Any failure means "fall back", whatever redis-rs called it.
-        let unavailable =
-            |e| map_err(e, format!("liveness check of {} ids", ids.len())).into_kind(ErrorKind::Unavailable);
+        let what = || format!("liveness check of {} ids", ids.len());
         let mut conn = self.conn.manager();
-        let alive: Vec<bool> = if ids.len() <= MGET_CHUNK {
-            let found: Vec<Present> = redis::cmd("MGET")
-                .arg(self.keys.liveness_args(ids))
-                .query_async(&mut conn)
+        let alive: Result<Vec<bool>> = if ids.len() <= MGET_CHUNK {
+            let mut mget = redis::cmd("MGET");
+            mget.arg(self.keys.liveness_args(ids));
+            self.conn
+                .run(what, mget.query_async::<Vec<Present>>(&mut conn))
                 .await
-                .map_err(unavailable)?;
-            found.into_iter().map(|p| p.0).collect()
+                .map(|found| found.into_iter().map(|p| p.0).collect())
         } else {
             let mut p = redis::pipe();
             for chunk in ids.chunks(MGET_CHUNK) {
                 p.cmd("MGET").arg(self.keys.liveness_args(chunk));
             }
-            let found: Vec<Vec<Present>> = p.query_async(&mut conn).await.map_err(unavailable)?;
-            found.into_iter().flatten().map(|p| p.0).collect()
+            self.conn
+                .run(what, p.query_async::<Vec<Vec<Present>>>(&mut conn))
+                .await
+                .map(|found| found.into_iter().flatten().map(|p| p.0).collect())
         };
+        // Any failure means "fall back", whatever redis-rs called it; only
+        // refused credentials keep their kind: retrying will not help.
+        let alive = alive.map_err(|e| match e.kind() {
+            ErrorKind::Authentication => e,
+            _ => e.into_kind(ErrorKind::Unavailable),
+        })?;
         if alive.len() != ids.len() {
             return Err(crate::Error::new(
                 ErrorKind::Unavailable,
@@ -85,10 +101,14 @@ impl LivenessStore for RedisLiveness {
     }
 
     async fn forget(&self, id: &InstanceId) -> Result<()> {
-        redis::cmd("DEL")
-            .arg(self.keys.liveness(id))
-            .query_async::<()>(&mut self.conn.manager())
+        let mut conn = self.conn.manager();
+        self.conn
+            .run(
+                || format!("liveness forget of `{id}`"),
+                redis::cmd("DEL")
+                    .arg(self.keys.liveness(id))
+                    .query_async::<()>(&mut conn),
+            )
             .await
-            .map_err(|e| map_err(e, format!("liveness forget of `{id}`")))
     }
 }

@@ -14,6 +14,13 @@
 //! bb8 pool on Tokio and dedicated connections on async-std / smol.
 //! A password in the URL never appears in `Debug` output, logs or errors.
 //!
+//! Registry and liveness calls wait at most the response timeout (default
+//! 2 s). After a call finds Redis unreachable or silent, [`RedisBackend::available`]
+//! turns false and those calls fail at once with a temporary
+//! [`Unavailable`](crate::ErrorKind::Unavailable) error, until a background
+//! `PING` (every 250 ms by default) is answered. The bus does not consult
+//! this: its reads have their own waits.
+//!
 //! Only standalone Redis (or a primary) is supported, not Redis Cluster: the
 //! registry prunes its index with a script touching several keys.
 
@@ -48,7 +55,8 @@ pub struct RedisBackend {
     conn: Arc<Conn>,
     keys: Keys,
     bus: BusConfig,
-    legacy_scan_every: Option<Duration>,
+    adopt_legacy_every: Option<Duration>,
+    adoption: Arc<std::sync::Once>,
 }
 
 /// Builds a [`RedisBackend`]. Every setting has a documented default.
@@ -59,8 +67,10 @@ pub struct RedisBackendBuilder {
     pool_size: u32,
     connect_timeout: Duration,
     response_timeout: Duration,
+    probe_every: Duration,
+    liveness_key_prefix: Option<String>,
     bus: BusConfig,
-    legacy_scan_every: Option<Duration>,
+    adopt_legacy_every: Option<Duration>,
 }
 
 impl std::fmt::Debug for RedisBackendBuilder {
@@ -69,6 +79,11 @@ impl std::fmt::Debug for RedisBackendBuilder {
             .field("url", &redact(&self.url))
             .field("namespace", &self.namespace)
             .field("pool_size", &self.pool_size)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("probe_every", &self.probe_every)
+            .field("liveness_key_prefix", &self.liveness_key_prefix)
+            .field("adopt_legacy_every", &self.adopt_legacy_every)
             .finish_non_exhaustive()
     }
 }
@@ -80,9 +95,11 @@ impl Default for RedisBackendBuilder {
             namespace: "sg".into(),
             pool_size: 8,
             connect_timeout: Duration::from_secs(2),
-            response_timeout: Duration::from_secs(5),
+            response_timeout: Duration::from_secs(2),
+            probe_every: Duration::from_millis(250),
+            liveness_key_prefix: None,
             bus: BusConfig::default(),
-            legacy_scan_every: Some(Duration::from_secs(10)),
+            adopt_legacy_every: None,
         }
     }
 }
@@ -113,9 +130,25 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// Time to wait for a reply, besides a read's own block time (default 5 s).
+    /// Time to wait for a reply, besides a read's own block time (default 2 s).
+    /// A registry or liveness call fails with a `Timeout` error after it,
+    /// whatever the connection was doing (connecting, retrying).
     pub fn response_timeout(mut self, d: Duration) -> Self {
         self.response_timeout = d;
+        self
+    }
+
+    /// How often the background probe `PING`s Redis while it is marked
+    /// unavailable (default 250 ms; at least 10 ms).
+    pub fn probe_every(mut self, d: Duration) -> Self {
+        self.probe_every = d.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Liveness keys are `{prefix}{id}` (default `{namespace}:liveness:`).
+    /// `mul:runtime:hb:` shares keys with the reference Go liveness store.
+    pub fn liveness_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.liveness_key_prefix = Some(prefix.into());
         self
     }
 
@@ -162,10 +195,12 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// How often `list` looks for registry keys written without the index
-    /// (by the reference design's plain `SET ... EX`); `None` never (default 10 s).
-    pub fn legacy_scan_every(mut self, every: Option<Duration>) -> Self {
-        self.legacy_scan_every = every;
+    /// Adopt registry keys written without the index (by older services'
+    /// plain `SET ... EX`): a background task `SCAN`s for them every `every`
+    /// and adds them to the index, logging its errors. `None` (the default)
+    /// never scans; `list` never scans either way.
+    pub fn adopt_legacy_keys(mut self, every: Option<Duration>) -> Self {
+        self.adopt_legacy_every = every.map(|d| d.max(Duration::from_millis(10)));
         self
     }
 
@@ -184,9 +219,14 @@ impl RedisBackendBuilder {
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.response_timeout))
             .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
+            // Short: the probe waits out a reconnect's back-off before it sees Redis back.
+            .set_max_delay(Duration::from_millis(250));
         let manager = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| connection::map_err(e, format!("connect to `{redacted_url}`")))?;
+        let mut keys = Keys::new(&self.namespace)?;
+        if let Some(prefix) = &self.liveness_key_prefix {
+            keys = keys.with_liveness_prefix(prefix)?;
+        }
         let blocking = Blocking::new(&client, self.pool_size, self.connect_timeout);
         Ok(RedisBackend {
             conn: Arc::new(Conn {
@@ -195,10 +235,12 @@ impl RedisBackendBuilder {
                 blocking,
                 response_timeout: self.response_timeout,
                 redacted_url,
+                health: connection::Health::new(self.probe_every),
             }),
-            keys: Keys::new(&self.namespace)?,
+            keys,
             bus: self.bus,
-            legacy_scan_every: self.legacy_scan_every,
+            adopt_legacy_every: self.adopt_legacy_every,
+            adoption: Arc::new(std::sync::Once::new()),
         })
     }
 }
@@ -228,9 +270,14 @@ impl RedisBackend {
         b.build()
     }
 
-    /// The service registry.
+    /// The service registry. The first call starts the legacy-key adoption,
+    /// when [configured](RedisBackendBuilder::adopt_legacy_keys).
     pub fn registry(&self) -> RedisRegistry {
-        RedisRegistry::new(self.conn.clone(), self.keys.clone(), self.legacy_scan_every)
+        if let Some(every) = self.adopt_legacy_every {
+            self.adoption
+                .call_once(|| registry::spawn_adoption(&self.conn, self.keys.clone(), every));
+        }
+        RedisRegistry::new(self.conn.clone(), self.keys.clone())
     }
 
     /// The liveness store.
@@ -243,11 +290,22 @@ impl RedisBackend {
         RedisBus::new(self.conn.clone(), self.keys.clone(), self.bus.clone())
     }
 
-    /// `PING` the server.
+    /// `PING` the server (failing at once while it is marked unavailable).
     pub async fn ping(&self) -> Result<()> {
-        redis::cmd("PING")
-            .query_async::<()>(&mut self.conn.manager())
+        let mut conn = self.conn.manager();
+        self.conn
+            .run(
+                || "ping Redis".into(),
+                redis::cmd("PING").query_async::<()>(&mut conn),
+            )
             .await
-            .map_err(|e| connection::map_err(e, "ping Redis"))
+    }
+
+    /// Whether Redis answers, as far as the registry and liveness store know:
+    /// false from a call that found it unreachable or silent until a
+    /// background `PING` is answered (the reference design's `Available()`;
+    /// callers can skip the store meanwhile).
+    pub fn available(&self) -> bool {
+        self.conn.available()
     }
 }

@@ -34,7 +34,36 @@ pub async fn run(store: &dyn LivenessStore, time: &dyn TimeControl) -> Report {
     r.case("touch_extends", touch_extends(store, time)).await;
     r.case("forget_removes_at_once", forget(store)).await;
     r.case("large_batch", large_batch(store)).await;
+    r.case("extreme_ttls_capped_never_wrapped", extreme_ttls(store, time))
+        .await;
     r
+}
+
+async fn extreme_ttls(s: &dyn LivenessStore, time: &dyn TimeControl) -> CaseResult {
+    use super::registry::{no_panic, LONG_TTLS, SHORT_TTLS};
+    let long = ids(LONG_TTLS.len());
+    let short = ids(SHORT_TTLS.len());
+    for (id, ttl) in long.iter().zip(LONG_TTLS) {
+        no_panic(&format!("touch with {ttl:?}"), s.touch(id, ttl)).await?;
+    }
+    for (id, ttl) in short.iter().zip(SHORT_TTLS) {
+        no_panic(&format!("touch with {ttl:?}"), s.touch(id, ttl)).await?;
+    }
+    time.advance(Duration::from_millis(50)).await;
+    let got = s.is_alive_batch(&long).await.step("batch")?;
+    ensure!(
+        got.iter().all(|a| *a),
+        "long TTLs {LONG_TTLS:?} wrapped around: alive {got:?}"
+    );
+    let got = s.is_alive_batch(&short).await.step("batch")?;
+    ensure!(
+        got.iter().all(|a| !*a),
+        "sub-millisecond TTLs {SHORT_TTLS:?} still alive after 50 ms: {got:?}"
+    );
+    for id in long.iter().chain(&short) {
+        s.forget(id).await.step("forget")?;
+    }
+    Ok(())
 }
 
 async fn touch_then_alive(s: &dyn LivenessStore) -> CaseResult {

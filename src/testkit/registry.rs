@@ -2,7 +2,8 @@
 
 use super::{ensure, unique, CaseResult, Report, Step, TimeControl};
 use crate::{Instance, InstanceId, RegistryStore, ServiceName, Status};
-use std::time::Duration;
+use futures_util::FutureExt;
+use std::{future::Future, panic::AssertUnwindSafe, time::Duration};
 
 /// The TTL the cases register with; expiry cases advance past it.
 pub const TTL: Duration = Duration::from_millis(600);
@@ -51,8 +52,75 @@ pub async fn run(store: &dyn RegistryStore, time: &dyn TimeControl) -> Report {
         heartbeat_after_expiry(store, time),
     )
     .await;
+    r.case("extreme_ttls_capped_never_wrapped", extreme_ttls(store, time))
+        .await;
     r.case("ping", async { store.ping().await.step("ping") }).await;
     r
+}
+
+/// TTLs past any store's range: each must be kept (capped), never wrap
+/// around to a short or invalid one.
+pub const LONG_TTLS: [Duration; 5] = [
+    Duration::MAX,
+    Duration::from_secs(u64::MAX),
+    Duration::from_millis(u64::MAX),
+    Duration::from_nanos(u64::MAX),
+    Duration::from_secs(1_000 * 365 * 24 * 3600),
+];
+
+/// TTLs under a millisecond: each must count as a short one, never as none
+/// (Redis rejects `PX 0`) or as a long one.
+pub const SHORT_TTLS: [Duration; 3] = [
+    Duration::ZERO,
+    Duration::from_nanos(1),
+    Duration::from_nanos(999_999),
+];
+
+/// Await `f`, turning a panic into a case failure naming `what`.
+pub(crate) async fn no_panic<T>(what: &str, f: impl Future<Output = crate::Result<T>>) -> Result<T, String> {
+    match AssertUnwindSafe(f).catch_unwind().await {
+        Ok(r) => r.step(what),
+        Err(_) => Err(format!("{what}: panicked")),
+    }
+}
+
+async fn extreme_ttls(store: &dyn RegistryStore, time: &dyn TimeControl) -> CaseResult {
+    let s = svc();
+    let mut long = Vec::new();
+    for (n, ttl) in LONG_TTLS.into_iter().enumerate() {
+        let i = instance(&s, &format!("long-{n}"));
+        no_panic(&format!("register with {ttl:?}"), store.register(&i, ttl)).await?;
+        let beat = no_panic(
+            &format!("heartbeat with {ttl:?}"),
+            store.heartbeat(&s, &i.id, ttl),
+        )
+        .await?;
+        ensure!(
+            beat,
+            "heartbeat with {ttl:?} found no entry: the TTL wrapped around"
+        );
+        long.push(i.id.to_string());
+    }
+    for (n, ttl) in SHORT_TTLS.into_iter().enumerate() {
+        let i = instance(&s, &format!("short-{n}"));
+        no_panic(&format!("register with {ttl:?}"), store.register(&i, ttl)).await?;
+        no_panic(
+            &format!("heartbeat with {ttl:?}"),
+            store.heartbeat(&s, &i.id, ttl),
+        )
+        .await?;
+    }
+    time.advance(Duration::from_millis(50)).await;
+    let ids = ids_of(store, &s).await?;
+    ensure!(
+        ids == long,
+        "expected only the long-TTL entries {long:?} after 50 ms, got {ids:?}"
+    );
+    for id in &long {
+        let id = InstanceId::new(id).expect("valid");
+        store.deregister(&s, &id).await.step("deregister")?;
+    }
+    Ok(())
 }
 
 fn svc() -> ServiceName {
