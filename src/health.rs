@@ -90,6 +90,26 @@ pub struct HealthReport {
     pub components: BTreeMap<String, ComponentReport>,
 }
 
+/// What `/fleet` serves: a table of the fleet as JSON.
+///
+/// The seam keeps health free of the patterns built on it;
+/// [`FleetMonitor`](crate::monitor::FleetMonitor) is the implementation
+/// this crate ships.
+///
+/// ```
+/// use fleetwire::{health::{FleetView, Health}, monitor::FleetMonitor};
+/// use std::{sync::Arc, time::Duration};
+///
+/// let health = Health::default();
+/// health.set_fleet(Arc::new(FleetMonitor::new(["api"], Duration::from_secs(30))));
+/// let table = health.fleet().expect("set").snapshot();
+/// assert_eq!(table[0]["status"], "unknown");
+/// ```
+pub trait FleetView: Send + Sync + fmt::Debug {
+    /// The current table, serialised as `/fleet` serves it.
+    fn snapshot(&self) -> serde_json::Value;
+}
+
 /// Shared health state of one process: readiness flags and checks.
 ///
 /// Cloning shares the state. The lifecycle flips `booted` and `stopping`;
@@ -105,7 +125,7 @@ struct HealthInner {
     stopping: AtomicBool,
     check_timeout: Duration,
     checks: RwLock<Vec<HealthCheck>>,
-    fleet: RwLock<Option<Arc<crate::monitor::FleetMonitor>>>,
+    fleet: RwLock<Option<Arc<dyn FleetView>>>,
 }
 
 impl Default for Health {
@@ -148,13 +168,14 @@ impl Health {
         self.inner.booted.load(Ordering::SeqCst) && !self.inner.stopping.load(Ordering::SeqCst)
     }
 
-    /// Serve this fleet monitor's snapshot on `/fleet`.
-    pub fn set_fleet(&self, monitor: Arc<crate::monitor::FleetMonitor>) {
-        *self.inner.fleet.write() = Some(monitor);
+    /// Serve this fleet view's snapshot on `/fleet` (usually a
+    /// [`FleetMonitor`](crate::monitor::FleetMonitor)).
+    pub fn set_fleet(&self, view: Arc<dyn FleetView>) {
+        *self.inner.fleet.write() = Some(view);
     }
 
-    /// The fleet monitor served on `/fleet`, if any.
-    pub fn fleet(&self) -> Option<Arc<crate::monitor::FleetMonitor>> {
+    /// The fleet view served on `/fleet`, if any.
+    pub fn fleet(&self) -> Option<Arc<dyn FleetView>> {
         self.inner.fleet.read().clone()
     }
 

@@ -77,15 +77,13 @@ pub mod clock;
 pub mod consumer;
 mod envelope;
 mod error;
+mod fleet;
 pub mod health;
 mod liveness;
-pub mod monitor;
 mod name;
 mod registry;
-pub mod request;
 pub(crate) mod rt;
 pub mod service;
-pub mod topology;
 
 #[cfg(feature = "http")]
 pub mod http;
@@ -98,6 +96,7 @@ pub mod redis;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+pub use async_trait::async_trait;
 pub use bus::{
     Backlog, BacklogPolicy, Claimed, Delivery, EventBus, EventBusExt, GroupInfo, MessageId, PendingEntry,
     Overflow, PendingSummary, ReadOptions, Release, StartFrom, StreamInfo, Subscription, SubscriptionStats,
@@ -106,6 +105,7 @@ pub use bus::{
 pub use capabilities::Capabilities;
 pub use envelope::{Codec, Envelope, DEFAULT_MAX_ENVELOPE_BYTES};
 pub use error::{Error, ErrorKind, Result};
+pub use fleet::{monitor, request, topology};
 pub use health::{Health, HealthServer};
 pub use liveness::LivenessStore;
 pub use name::{

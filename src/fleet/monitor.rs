@@ -199,6 +199,12 @@ impl FleetMonitor {
     }
 }
 
+impl crate::health::FleetView for FleetMonitor {
+    fn snapshot(&self) -> serde_json::Value {
+        serde_json::to_value(FleetMonitor::snapshot(self)).unwrap_or_default()
+    }
+}
+
 type HealthEvents = futures_util::stream::Select<crate::Subscription, crate::Subscription>;
 
 async fn subscribe_health(bus: &dyn EventBus) -> Result<HealthEvents> {
