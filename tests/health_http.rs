@@ -6,13 +6,15 @@ use fleetwire::{
     http::HttpHealthServer,
     memory::MemoryRegistry,
     monitor::FleetMonitor,
+    service::{Context, Lifecycle, Service},
     HealthServer, RegistryStore,
 };
+use parking_lot::Mutex;
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// One request over a fresh connection: (status, body).
@@ -137,4 +139,101 @@ fn endpoints_on_async_std() {
 #[test]
 fn endpoints_without_a_runtime() {
     async_io::block_on(scenario());
+}
+
+/// Takes `DRAIN` to finish after shutdown; notes when it returned and when `on_stop` ran.
+struct Drains {
+    events: Mutex<Vec<(&'static str, Instant)>>,
+}
+
+const DRAIN: Duration = Duration::from_secs(1);
+
+#[fleetwire::async_trait]
+impl Service for Drains {
+    async fn on_start(&self, _: &Context) -> fleetwire::Result<()> {
+        Ok(())
+    }
+    async fn run(&self, ctx: &Context) -> fleetwire::Result<()> {
+        ctx.stopped().await;
+        tokio::time::sleep(DRAIN).await;
+        self.events.lock().push(("run_returned", Instant::now()));
+        Ok(())
+    }
+    async fn on_stop(&self, _: &Context) -> fleetwire::Result<()> {
+        self.events.lock().push(("on_stop", Instant::now()));
+        Ok(())
+    }
+}
+
+/// The reference's order: at the trigger, readiness turns 503 and the entry
+/// leaves the registry at once (≤ 100 ms), while `run` still drains for 1 s;
+/// the server answers 503 during the drain; then `on_stop`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_is_not_ready_and_deregistered_before_run_drains() {
+    let registry = Arc::new(MemoryRegistry::new());
+    let server = Arc::new(HttpHealthServer::new(([127, 0, 0, 1], 0).into()));
+    let lifecycle = Lifecycle::builder("drainer", "drainer-1")
+        .unwrap()
+        .registry(registry.clone())
+        .health_server(server.clone())
+        .jitter(Duration::ZERO)
+        .handle_signals(false)
+        .build();
+    let svc = Drains {
+        events: Mutex::new(Vec::new()),
+    };
+    let listed = || async { !registry.list(None).await.unwrap().is_empty() };
+    let watch = async {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let addr = loop {
+            if let Some(addr) = server.local_addr() {
+                if get(addr, "GET", "/readyz").await.0 == 200 && listed().await {
+                    break addr;
+                }
+            }
+            assert!(Instant::now() < deadline, "never ready and registered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let triggered = Instant::now();
+        lifecycle.shutdown_handle().trigger();
+        let (mut not_ready, mut gone) = (None, None);
+        while not_ready.is_none() || gone.is_none() {
+            assert!(
+                triggered.elapsed() < DRAIN,
+                "still in rotation at the end of the drain"
+            );
+            if not_ready.is_none() && get(addr, "GET", "/readyz").await.0 == 503 {
+                not_ready = Some(triggered.elapsed());
+            }
+            if gone.is_none() && !listed().await {
+                gone = Some(triggered.elapsed());
+            }
+        }
+        tokio::time::sleep(DRAIN / 2).await;
+        let mid_drain = get(addr, "GET", "/readyz").await.0;
+        (triggered, not_ready.unwrap(), gone.unwrap(), mid_drain)
+    };
+    let (out, (triggered, not_ready, gone, mid_drain)) = tokio::join!(lifecycle.run(&svc), watch);
+    out.unwrap();
+    let events = svc.events.lock().clone();
+    let at = |name: &str| {
+        events
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, t)| t.duration_since(triggered))
+            .unwrap_or_else(|| panic!("{name} missing from {events:?}"))
+    };
+    let (returned, stopped) = (at("run_returned"), at("on_stop"));
+    println!(
+        "after the trigger: /readyz 503 at {not_ready:?}, deregistered at {gone:?}, \
+         /readyz mid-drain {mid_drain}, run returned at {returned:?}, on_stop at {stopped:?}"
+    );
+    let limit = Duration::from_millis(100);
+    assert!(
+        not_ready <= limit,
+        "/readyz still 200 {not_ready:?} after the trigger"
+    );
+    assert!(gone <= limit, "still registered {gone:?} after the trigger");
+    assert_eq!(mid_drain, 503, "the server answers not ready while run drains");
+    assert!(returned >= DRAIN && stopped >= returned, "{events:?}");
 }

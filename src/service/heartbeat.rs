@@ -1,9 +1,10 @@
-//! Background loops: the registry heartbeat and the topic health heartbeat.
+//! Background loops: the registry heartbeat, the liveness touch and the
+//! topic health heartbeat.
 
 use super::Shutdown;
 use crate::{
     name::{Topic, TopicPattern},
-    rt, Envelope, EventBus, Instance, RegistryStore,
+    rt, Envelope, EventBus, Instance, InstanceId, LivenessStore, RegistryStore,
 };
 use futures_util::future::{select, Either};
 use std::{pin::pin, sync::Arc, time::Duration};
@@ -61,6 +62,30 @@ pub(super) async fn registry_loop(
                 registered = false;
                 tracing::error!(event = "service_registration_failed", name = %s, id = %i, error = "timeout");
             }
+        }
+        if !tick_or_stop(&mut interval, &stop).await {
+            return;
+        }
+    }
+}
+
+/// Keep `id` alive in the liveness store: touch it with `ttl` every `period`.
+/// Failures are logged at debug: callers of a liveness store fall back to
+/// their authority when it is down, so its outage is not this process's.
+pub(super) async fn liveness_loop(
+    liveness: Arc<dyn LivenessStore>,
+    id: InstanceId,
+    ttl: Duration,
+    period: Duration,
+    op_timeout: Duration,
+    stop: Shutdown,
+) {
+    let mut interval = rt::Interval::new(period);
+    loop {
+        match rt::timeout(op_timeout, liveness.touch(&id, ttl)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(event = "liveness_touch_failed", id = %id, error = %e),
+            Err(_) => tracing::debug!(event = "liveness_touch_failed", id = %id, error = "timeout"),
         }
         if !tick_or_stop(&mut interval, &stop).await {
             return;

@@ -2,14 +2,22 @@ use super::{heartbeat, Context, Service, Shutdown};
 use crate::{
     error::{Error, ErrorKind, Result},
     health::{Health, HealthCheck},
-    rt, EventBus, HealthServer, Instance, InstanceId, RegistryStore, ServiceName, Status,
+    rt::{self, TaskHandle},
+    EventBus, HealthServer, Instance, InstanceId, LivenessStore, RegistryStore, ServiceName, Status,
 };
-use futures_util::future::{select, Either};
+use futures_util::future::{join, join3, join_all, select, BoxFuture, Either};
 use std::{
+    convert::Infallible,
+    future::Future,
     pin::pin,
     sync::Arc,
     time::{Duration, Instant},
 };
+
+/// Bounds of the background loops' periods: a zero period would spin, and
+/// one of years would overflow the timer's deadline.
+const MIN_PERIOD: Duration = Duration::from_millis(10);
+const MAX_PERIOD: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Drives a [`Service`] through boot and graceful shutdown.
 ///
@@ -20,7 +28,7 @@ use std::{
 /// use std::sync::Arc;
 ///
 /// struct Hello;
-/// #[async_trait::async_trait]
+/// #[fleetwire::async_trait]
 /// impl Service for Hello {
 ///     async fn on_start(&self, _: &Context) -> Result<()> { Ok(()) }
 ///     async fn run(&self, ctx: &Context) -> Result<()> {
@@ -45,6 +53,7 @@ pub struct Lifecycle {
     instance: InstanceId,
     registry: Option<Arc<dyn RegistryStore>>,
     bus: Option<Arc<dyn EventBus>>,
+    liveness: Option<Arc<dyn LivenessStore>>,
     health_server: Option<Arc<dyn HealthServer>>,
     health: Health,
     shutdown: Shutdown,
@@ -64,25 +73,39 @@ pub struct Lifecycle {
 pub struct LifecycleBuilder(Lifecycle);
 
 impl LifecycleBuilder {
-    /// The registry to announce this instance in (default: none, nothing registered).
+    /// The registry to announce this instance in (default: none, nothing
+    /// registered). Checked by the boot gate and by readiness.
     pub fn registry(mut self, registry: Arc<dyn RegistryStore>) -> Self {
         self.0.registry = Some(registry);
         self
     }
 
-    /// The bus to publish `system.{service}.health` heartbeats on (default: none).
+    /// The bus to publish `system.{service}.health` heartbeats on (default:
+    /// none). Checked by the boot gate and by readiness.
     pub fn bus(mut self, bus: Arc<dyn EventBus>) -> Self {
         self.0.bus = Some(bus);
         self
     }
 
-    /// The health server, started last in boot and stopped first in shutdown (default: none).
+    /// A liveness store in which this instance id is touched with the
+    /// registry TTL on every registry heartbeat, and forgotten at shutdown
+    /// (default: none). Checked by the boot gate when it reports
+    /// [`available`](LivenessStore::available); not by readiness, since its
+    /// callers fall back when it is down.
+    pub fn liveness(mut self, liveness: Arc<dyn LivenessStore>) -> Self {
+        self.0.liveness = Some(liveness);
+        self
+    }
+
+    /// The health server, started last in boot and stopped once `run` has
+    /// returned, so probes see "not ready" while it drains (default: none).
     pub fn health_server(mut self, server: Arc<dyn HealthServer>) -> Self {
         self.0.health_server = Some(server);
         self
     }
 
-    /// Share this health state (default: a new one, with the registry ping as a check).
+    /// Share this health state (default: a new one, with a ping of the
+    /// registry and of the bus as checks).
     pub fn health(mut self, health: Health) -> Self {
         self.0.health = health;
         self
@@ -100,8 +123,8 @@ impl LifecycleBuilder {
         self
     }
 
-    /// Fail boot when the registry does not answer its ping (default true);
-    /// when false, log and boot anyway.
+    /// Fail boot when a configured store does not answer its ping (default
+    /// true); when false, log and boot anyway.
     pub fn store_required(mut self, required: bool) -> Self {
         self.0.store_required = required;
         self
@@ -113,13 +136,13 @@ impl LifecycleBuilder {
         self
     }
 
-    /// Registry heartbeat interval (default TTL / 3).
+    /// Registry heartbeat interval (default TTL / 3; kept between 10 ms and a year).
     pub fn heartbeat_every(mut self, every: Duration) -> Self {
         self.0.heartbeat_every = Some(every);
         self
     }
 
-    /// Topic health heartbeat interval (default 30 s).
+    /// Topic health heartbeat interval (default 30 s; kept between 10 ms and a year).
     pub fn health_heartbeat_every(mut self, every: Duration) -> Self {
         self.0.health_heartbeat_every = every;
         self
@@ -131,13 +154,16 @@ impl LifecycleBuilder {
         self
     }
 
-    /// Time `run` and `on_stop` each get once shutdown began (default 10 s).
+    /// Time `run` gets to drain once shutdown began, and `on_stop` to
+    /// finish (default 10 s each).
     pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
         self.0.shutdown_timeout = timeout;
         self
     }
 
-    /// Shut down on SIGTERM / SIGINT (default true).
+    /// Shut down on SIGTERM / SIGINT (default true). The handlers are
+    /// installed before the first boot step, so a signal at any point of
+    /// boot ends it cleanly.
     pub fn handle_signals(mut self, handle: bool) -> Self {
         self.0.handle_signals = handle;
         self
@@ -145,19 +171,62 @@ impl LifecycleBuilder {
 
     /// Finish configuring.
     pub fn build(self) -> Lifecycle {
-        if let Some(registry) = self.0.registry.clone() {
-            let op_timeout = self.0.op_timeout;
-            self.0.health.add_check(HealthCheck::new("registry", move || {
-                let registry = registry.clone();
-                async move {
-                    rt::timeout(op_timeout, registry.ping())
-                        .await
-                        .map_err(|_| Error::new(ErrorKind::Timeout, "registry ping timed out"))?
-                }
+        let op_timeout = self.0.op_timeout;
+        for store in self.0.stores().into_iter().filter(Store::checks_readiness) {
+            self.0.health.add_check(HealthCheck::new(store.name(), move || {
+                let store = store.clone();
+                async move { store.ping(op_timeout).await }
             }));
         }
         self.0
     }
+}
+
+/// A store the lifecycle depends on, pinged by the boot gate and readiness.
+#[derive(Clone)]
+enum Store {
+    Registry(Arc<dyn RegistryStore>),
+    Bus(Arc<dyn EventBus>),
+    Liveness(Arc<dyn LivenessStore>, InstanceId),
+}
+
+impl Store {
+    fn name(&self) -> &'static str {
+        match self {
+            Store::Registry(_) => "registry",
+            Store::Bus(_) => "bus",
+            Store::Liveness(..) => "liveness",
+        }
+    }
+
+    fn checks_readiness(&self) -> bool {
+        !matches!(self, Store::Liveness(..))
+    }
+
+    async fn ping(&self, limit: Duration) -> Result<()> {
+        let ping = async {
+            match self {
+                Store::Registry(r) => r.ping().await,
+                Store::Bus(b) => b.ping().await,
+                // The contract has no ping; a one-id read is a round trip that changes nothing.
+                Store::Liveness(l, id) => l.is_alive_batch(std::slice::from_ref(id)).await.map(drop),
+            }
+        };
+        rt::timeout(limit, ping).await.unwrap_or_else(|_| {
+            Err(Error::new(
+                ErrorKind::Timeout,
+                format!("{} ping got no answer within {limit:?}", self.name()),
+            ))
+        })
+    }
+}
+
+/// The background loops boot started; stopped at the start of the drain.
+struct Loops {
+    stop: Shutdown,
+    registry: Option<TaskHandle<()>>,
+    liveness: Option<TaskHandle<()>>,
+    health: Option<TaskHandle<()>>,
 }
 
 /// What `run` did, for the shutdown log.
@@ -174,6 +243,7 @@ impl Lifecycle {
             instance: InstanceId::new(instance)?,
             registry: None,
             bus: None,
+            liveness: None,
             health_server: None,
             health: Health::default(),
             shutdown: Shutdown::default(),
@@ -199,58 +269,93 @@ impl Lifecycle {
         &self.health
     }
 
-    fn instance(&self, status: Status) -> Instance {
-        let mut i = Instance::new(self.service.clone(), self.instance.clone(), status);
-        i.metadata.extend(self.metadata.iter().cloned());
-        i
+    /// Boot, run `service` until it returns or shutdown is asked, then shut
+    /// down. A boot failure is returned before anything was registered; a
+    /// shutdown asked during boot ends it with `Ok` and nothing registered;
+    /// `run`'s own error is returned after a full shutdown.
+    ///
+    /// Shutdown first takes the instance out of rotation (not ready, out of
+    /// the registry), then lets `run` drain, then stops the health server
+    /// and calls `on_stop`.
+    pub async fn run(&self, service: &dyn Service) -> Result<()> {
+        // `select` polls its first future first: the signal handlers are in
+        // place before the first boot step, so no signal finds the default
+        // action (which would kill the process with nothing deregistered).
+        let signals = pin!(self.watch_signals());
+        match select(signals, pin!(self.phases(service))).await {
+            Either::Left((never, _)) => match never {},
+            Either::Right((out, _)) => out,
+        }
     }
 
-    /// Boot, run `service` until it returns or shutdown is asked, then shut
-    /// down in reverse order. A boot failure is returned before anything was
-    /// registered; `run`'s own error is returned after a full shutdown.
-    pub async fn run(&self, service: &dyn Service) -> Result<()> {
+    /// [`run`](Self::run) for a process's `main`: exit code 0 after a clean
+    /// shutdown (also when asked during boot), 1 when boot failed (the
+    /// hard-fail gate, `on_start`) or `run` failed.
+    pub async fn run_process(&self, service: &dyn Service) -> std::process::ExitCode {
+        match self.run(service).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(event = "service_exit_failure", name = %self.service, error = %e);
+                eprintln!("{}: {e}", self.service);
+                std::process::ExitCode::from(1)
+            }
+        }
+    }
+
+    async fn phases(&self, service: &dyn Service) -> Result<()> {
+        let Some((ctx, mut loops)) = self.boot(service).await? else {
+            return Ok(());
+        };
+        let mut run = service.run(&ctx);
+        let returned = self.serve(&mut run).await;
+        let ended = self.drain(&mut loops, run, returned).await;
+        self.stop(service, &ctx, ended).await
+    }
+
+    /// Trigger shutdown on the first SIGTERM / SIGINT; never resolves.
+    async fn watch_signals(&self) -> Infallible {
+        if self.handle_signals {
+            match rt::shutdown_signal().await {
+                Ok(signal) => {
+                    tracing::info!(event = "service_signal_received", signal);
+                    self.shutdown.trigger();
+                }
+                // Keep running: stopping at once would be worse than only
+                // stopping by handle.
+                Err(e) => tracing::error!(event = "service_signal_handler_failed", error = %e),
+            }
+        }
+        std::future::pending().await
+    }
+
+    /// `fut`, unless shutdown is asked first (then `None`, and `fut` is dropped).
+    async fn until_shutdown<T>(&self, fut: impl Future<Output = T>) -> Option<T> {
+        match select(pin!(self.shutdown.wait()), pin!(fut)).await {
+            Either::Left(_) => None,
+            Either::Right((out, _)) => Some(out),
+        }
+    }
+
+    /// Boot: jitter → store gate → `on_start` → register and start the
+    /// loops → health server. `None` when shutdown was asked before
+    /// `on_start` completed: nothing was registered and `on_stop` is not due.
+    async fn boot(&self, service: &dyn Service) -> Result<Option<(Context, Loops)>> {
         let (name, id) = (&self.service, &self.instance);
         let started = Instant::now();
         tracing::info!(event = "service_boot_started", name = %name, id = %id);
-        let _signals = self.handle_signals.then(|| {
-            let shutdown = self.shutdown.clone();
-            rt::spawn(async move {
-                match rt::shutdown_signal().await {
-                    Ok(signal) => tracing::info!(event = "service_signal_received", signal),
-                    Err(e) => tracing::error!(event = "service_signal_handler_failed", error = %e),
-                }
-                shutdown.trigger();
-            })
-        });
+        let interrupted = |phase: &'static str| {
+            tracing::info!(event = "service_boot_interrupted", name = %name, id = %id, phase);
+            self.health.set_stopping();
+            Ok(None)
+        };
 
-        if !self.jitter.is_zero() {
-            let sleep = Duration::from_millis(fastrand::u64(..=self.jitter.as_millis() as u64));
-            tracing::info!(event = "service_boot_jitter", sleep_ms = sleep.as_millis() as u64);
-            if let Either::Right(_) = select(pin!(rt::sleep(sleep)), pin!(self.shutdown.wait())).await {
-                return Ok(());
-            }
+        if self.until_shutdown(self.jitter_sleep()).await.is_none() {
+            return interrupted("jitter");
         }
-
-        if let Some(registry) = &self.registry {
-            let ping = rt::timeout(self.op_timeout, registry.ping())
-                .await
-                .unwrap_or_else(|_| Err(Error::new(ErrorKind::Timeout, "registry ping timed out")));
-            match ping {
-                Ok(()) => tracing::info!(event = "store_connection_verified"),
-                Err(e) if self.store_required => {
-                    tracing::error!(event = "hard_fail_gate_triggered", name = %name, error = %e, "store is required but unavailable");
-                    return Err(Error::new(
-                        e.kind(),
-                        format!("boot of `{name}` aborted: the required store is unavailable"),
-                    )
-                    .with_source(e));
-                }
-                Err(e) => {
-                    tracing::warn!(event = "store_connection_failed", error = %e, "store not required, booting anyway")
-                }
-            }
+        match self.until_shutdown(self.gate()).await {
+            None => return interrupted("store_gate"),
+            Some(gate) => gate?,
         }
-
         let ctx = Context {
             service: name.clone(),
             instance: id.clone(),
@@ -258,20 +363,117 @@ impl Lifecycle {
             shutdown: self.shutdown.clone(),
             started,
         };
-        if let Err(e) = service.on_start(&ctx).await {
-            tracing::error!(event = "service_start_failed", name = %name, error = %e);
-            return Err(e);
+        match self.until_shutdown(service.on_start(&ctx)).await {
+            None => return interrupted("on_start"),
+            Some(Err(e)) => {
+                tracing::error!(event = "service_start_failed", name = %name, error = %e);
+                return Err(e);
+            }
+            Some(Ok(())) => {}
         }
 
-        let background = Shutdown::default();
-        let mut tasks = Vec::new();
+        let loops = self.announce(started).await;
+        if let Some(server) = &self.health_server {
+            match server.start(self.health.clone()).await {
+                Ok(Some(addr)) => tracing::info!(event = "health_server_started", %addr),
+                Ok(None) => {}
+                Err(e) => tracing::error!(event = "health_server_failed", error = %e),
+            }
+        }
+        self.health.set_booted(true);
+        tracing::info!(event = "service_boot_completed", name = %name, id = %id, boot_ms = millis(started.elapsed()));
+        Ok(Some((ctx, loops)))
+    }
+
+    async fn jitter_sleep(&self) {
+        if self.jitter.is_zero() {
+            return;
+        }
+        let max_ms = millis(self.jitter);
+        let sleep = Duration::from_millis(fastrand::u64(..=max_ms));
+        tracing::info!(event = "service_boot_jitter", sleep_ms = millis(sleep));
+        rt::sleep(sleep).await;
+    }
+
+    fn stores(&self) -> Vec<Store> {
+        let registry = self.registry.clone().map(Store::Registry);
+        let bus = self.bus.clone().map(Store::Bus);
+        let liveness = self
+            .liveness
+            .clone()
+            .map(|l| Store::Liveness(l, self.instance.clone()));
+        registry.into_iter().chain(bus).chain(liveness).collect()
+    }
+
+    /// The hard-fail gate: ping every configured store at once; with
+    /// `store_required`, any failure aborts boot, naming the stores.
+    async fn gate(&self) -> Result<()> {
+        let stores: Vec<Store> = self
+            .stores()
+            .into_iter()
+            .filter(|s| match s {
+                Store::Liveness(l, _) => l.available(),
+                _ => true,
+            })
+            .collect();
+        let pings = join_all(stores.iter().map(|s| s.ping(self.op_timeout))).await;
+        let mut failed: Vec<(&'static str, Error)> = stores
+            .iter()
+            .zip(pings)
+            .filter_map(|(s, r)| r.err().map(|e| (s.name(), e)))
+            .collect();
+        if failed.is_empty() {
+            if !stores.is_empty() {
+                tracing::info!(event = "store_connection_verified", stores = stores.len());
+            }
+            return Ok(());
+        }
+        let name = &self.service;
+        if !self.store_required {
+            for (store, e) in &failed {
+                tracing::warn!(event = "store_connection_failed", store, error = %e, "store not required, booting anyway");
+            }
+            return Ok(());
+        }
+        for (store, e) in &failed {
+            tracing::error!(event = "hard_fail_gate_triggered", name = %name, store, error = %e, "store is required but unavailable");
+        }
+        let names = failed
+            .iter()
+            .map(|(s, _)| format!("`{s}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let (_, first) = failed.swap_remove(0);
+        let what = if failed.is_empty() {
+            format!("the required store {names} is unavailable")
+        } else {
+            format!("the required stores {names} are unavailable")
+        };
+        Err(Error::new(first.kind(), format!("boot of `{name}` aborted: {what}")).with_source(first))
+    }
+
+    fn instance_as(&self, status: Status) -> Instance {
+        let mut i = Instance::new(self.service.clone(), self.instance.clone(), status);
+        i.metadata.extend(self.metadata.iter().cloned());
+        i
+    }
+
+    /// Register as `starting` and start the heartbeat loops.
+    async fn announce(&self, started: Instant) -> Loops {
+        let (name, id) = (&self.service, &self.instance);
+        let mut loops = Loops {
+            stop: Shutdown::default(),
+            registry: None,
+            liveness: None,
+            health: None,
+        };
+        let period = self
+            .heartbeat_every
+            .unwrap_or(self.ttl / 3)
+            .clamp(MIN_PERIOD, MAX_PERIOD);
         if let Some(registry) = &self.registry {
-            match rt::timeout(
-                self.op_timeout,
-                registry.register(&self.instance(Status::Starting), self.ttl),
-            )
-            .await
-            {
+            let starting = self.instance_as(Status::Starting);
+            match rt::timeout(self.op_timeout, registry.register(&starting, self.ttl)).await {
                 Ok(Ok(())) => {
                     tracing::info!(event = "service_registered", name = %name, id = %id, status = "starting")
                 }
@@ -282,69 +484,93 @@ impl Lifecycle {
                     tracing::error!(event = "service_registration_failed", name = %name, id = %id, error = "timeout")
                 }
             }
-            let mut running = self.instance(Status::Running).with_this_process();
-            running.started_at_ms =
-                Some(crate::clock::unix_ms().saturating_sub(started.elapsed().as_millis() as u64));
-            let period = self
-                .heartbeat_every
-                .unwrap_or(self.ttl / 3)
-                .max(Duration::from_millis(10));
-            tasks.push(rt::spawn(heartbeat::registry_loop(
+            let mut running = self.instance_as(Status::Running).with_this_process();
+            running.started_at_ms = Some(crate::clock::unix_ms().saturating_sub(millis(started.elapsed())));
+            loops.registry = Some(rt::spawn(heartbeat::registry_loop(
                 registry.clone(),
                 running,
                 self.ttl,
                 period,
                 self.op_timeout,
-                background.clone(),
+                loops.stop.clone(),
+            )));
+        }
+        if let Some(liveness) = self.liveness.as_ref().filter(|l| l.available()) {
+            loops.liveness = Some(rt::spawn(heartbeat::liveness_loop(
+                liveness.clone(),
+                id.clone(),
+                self.ttl,
+                period,
+                self.op_timeout,
+                loops.stop.clone(),
             )));
         }
         if let (Some(bus), Some(topic)) = (&self.bus, heartbeat::health_topic(name.as_str())) {
-            tasks.push(rt::spawn(heartbeat::health_loop(
+            loops.health = Some(rt::spawn(heartbeat::health_loop(
                 bus.clone(),
                 topic,
                 name.to_string(),
                 id.to_string(),
-                self.health_heartbeat_every,
-                background.clone(),
+                self.health_heartbeat_every.clamp(MIN_PERIOD, MAX_PERIOD),
+                loops.stop.clone(),
             )));
         }
+        loops
+    }
 
-        if let Some(server) = &self.health_server {
-            match server.start(self.health.clone()).await {
-                Ok(Some(addr)) => tracing::info!(event = "health_server_started", %addr),
-                Ok(None) => {}
-                Err(e) => tracing::error!(event = "health_server_failed", error = %e),
-            }
+    /// Serve: `run` works until it returns by itself (`Some`) or shutdown is asked (`None`).
+    async fn serve(&self, run: &mut BoxFuture<'_, Result<()>>) -> Option<Result<()>> {
+        match select(run, pin!(self.shutdown.wait())).await {
+            Either::Left((out, _)) => Some(out),
+            Either::Right(_) => None,
         }
-        self.health.set_booted(true);
-        tracing::info!(event = "service_boot_completed", name = %name, id = %id, boot_ms = started.elapsed().as_millis() as u64);
+    }
 
-        let ended = {
-            let run = pin!(service.run(&ctx));
-            let deadline = pin!(async {
-                self.shutdown.wait().await;
-                rt::sleep(self.shutdown_timeout).await;
-            });
-            match select(run, deadline).await {
-                Either::Left((r, _)) => Ended::Returned(r),
-                Either::Right(_) => Ended::Abandoned,
-            }
-        };
-
-        tracing::info!(event = "service_shutdown_started", name = %name, id = %id);
+    /// Drain: leave the fleet at once while `run` finishes, which gets
+    /// `shutdown_timeout` from here.
+    async fn drain(
+        &self,
+        loops: &mut Loops,
+        run: BoxFuture<'_, Result<()>>,
+        returned: Option<Result<()>>,
+    ) -> Ended {
+        tracing::info!(event = "service_shutdown_started", name = %self.service, id = %self.instance);
         self.shutdown.trigger();
-        background.trigger();
-        for task in tasks {
-            // The loops stop at their next await; wait so none writes after deregistration.
-            let _ = rt::timeout(self.op_timeout, task.join()).await;
-        }
-        self.health.set_stopping();
-        if let Some(server) = &self.health_server {
-            if let Err(e) = server.stop().await {
-                tracing::warn!(event = "health_server_stop_failed", error = %e);
+        let withdraw = self.withdraw(loops);
+        match returned {
+            Some(out) => {
+                withdraw.await;
+                Ended::Returned(out)
+            }
+            None => {
+                let finish = async {
+                    match rt::timeout(self.shutdown_timeout, run).await {
+                        Ok(out) => Ended::Returned(out),
+                        Err(_) => Ended::Abandoned,
+                    }
+                };
+                join(withdraw, finish).await.1
             }
         }
-        if let Some(registry) = &self.registry {
+    }
+
+    /// Take the instance out of rotation: not ready, loops stopped, out of
+    /// the registry and the liveness store.
+    async fn withdraw(&self, loops: &mut Loops) {
+        let (name, id) = (&self.service, &self.instance);
+        self.health.set_stopping();
+        loops.stop.trigger();
+        let (registry_loop, liveness_loop, health_loop) =
+            (loops.registry.take(), loops.liveness.take(), loops.health.take());
+        // Each loop stops at its next await; wait for it before deleting
+        // what it writes, so no heartbeat lands after the deregistration.
+        let deregister = async {
+            if let Some(task) = registry_loop {
+                let _ = rt::timeout(self.op_timeout, task.join()).await;
+            }
+            let Some(registry) = &self.registry else {
+                return;
+            };
             match rt::timeout(self.op_timeout, registry.deregister(name, id)).await {
                 Ok(Ok(())) => tracing::info!(event = "service_deregistered", name = %name, id = %id),
                 Ok(Err(e)) => {
@@ -354,13 +580,42 @@ impl Lifecycle {
                     tracing::error!(event = "service_deregistration_failed", name = %name, id = %id, error = "timeout")
                 }
             }
+        };
+        let forget = async {
+            let Some(task) = liveness_loop else {
+                return;
+            };
+            let _ = rt::timeout(self.op_timeout, task.join()).await;
+            if let Some(liveness) = &self.liveness {
+                match rt::timeout(self.op_timeout, liveness.forget(id)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(event = "liveness_forget_failed", id = %id, error = %e),
+                    Err(_) => tracing::warn!(event = "liveness_forget_failed", id = %id, error = "timeout"),
+                }
+            }
+        };
+        let health = async {
+            if let Some(task) = health_loop {
+                let _ = rt::timeout(self.op_timeout, task.join()).await;
+            }
+        };
+        join3(deregister, forget, health).await;
+    }
+
+    /// Stop: the health server, then `on_stop`; the result of `run`.
+    async fn stop(&self, service: &dyn Service, ctx: &Context, ended: Ended) -> Result<()> {
+        let name = &self.service;
+        if let Some(server) = &self.health_server {
+            if let Err(e) = server.stop().await {
+                tracing::warn!(event = "health_server_stop_failed", error = %e);
+            }
         }
-        match rt::timeout(self.shutdown_timeout, service.on_stop(&ctx)).await {
+        match rt::timeout(self.shutdown_timeout, service.on_stop(ctx)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(event = "service_stop_failed", name = %name, error = %e),
             Err(_) => tracing::error!(event = "service_stop_failed", name = %name, error = "timeout"),
         }
-        tracing::info!(event = "service_shutdown_completed", name = %name, id = %id);
+        tracing::info!(event = "service_shutdown_completed", name = %name, id = %self.instance);
         match ended {
             Ended::Returned(r) => r,
             Ended::Abandoned => Err(Error::new(
@@ -372,17 +627,181 @@ impl Lifecycle {
             )),
         }
     }
+}
 
-    /// [`run`](Self::run) for a process's `main`: exit code 0 after a clean
-    /// shutdown, 1 when boot failed (the hard-fail gate) or `run` failed.
-    pub async fn run_process(&self, service: &dyn Service) -> std::process::ExitCode {
-        match self.run(service).await {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                tracing::error!(event = "service_exit_failure", name = %self.service, error = %e);
-                eprintln!("{}: {e}", self.service);
-                std::process::ExitCode::from(1)
-            }
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(all(test, feature = "memory"))]
+mod tests {
+    use super::*;
+    use crate::memory::{MemoryBus, MemoryLiveness, MemoryRegistry};
+    use parking_lot::Mutex;
+
+    /// Records its hooks; `run` returns at once, `on_start` takes `start_for`.
+    #[derive(Default)]
+    struct Hooks {
+        log: Mutex<Vec<&'static str>>,
+        start_for: Duration,
+        alive_in_run: Mutex<Option<bool>>,
+        liveness: Option<Arc<MemoryLiveness>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Service for Hooks {
+        async fn on_start(&self, _: &Context) -> Result<()> {
+            self.log.lock().push("on_start");
+            rt::sleep(self.start_for).await;
+            self.log.lock().push("on_start_done");
+            Ok(())
         }
+        async fn run(&self, ctx: &Context) -> Result<()> {
+            self.log.lock().push("run");
+            if let Some(l) = &self.liveness {
+                // The touch loop runs beside `run`: give its first touch a moment.
+                let mut alive = false;
+                for _ in 0..100 {
+                    alive = l.is_alive_batch(std::slice::from_ref(ctx.instance())).await?[0];
+                    if alive {
+                        break;
+                    }
+                    rt::sleep(Duration::from_millis(10)).await;
+                }
+                *self.alive_in_run.lock() = Some(alive);
+            }
+            Ok(())
+        }
+        async fn on_stop(&self, _: &Context) -> Result<()> {
+            self.log.lock().push("on_stop");
+            Ok(())
+        }
+    }
+
+    fn builder() -> LifecycleBuilder {
+        Lifecycle::builder("gate", "gate-1")
+            .unwrap()
+            .jitter(Duration::ZERO)
+            .handle_signals(false)
+            .op_timeout(Duration::from_millis(500))
+    }
+
+    fn down_registry() -> Arc<MemoryRegistry> {
+        let r = MemoryRegistry::new();
+        r.set_available(false);
+        Arc::new(r)
+    }
+
+    fn down_bus() -> Arc<MemoryBus> {
+        let b = MemoryBus::new();
+        b.set_available(false);
+        Arc::new(b)
+    }
+
+    fn gate_error(lifecycle: Lifecycle) -> (Error, Vec<&'static str>) {
+        let hooks = Hooks::default();
+        let out = async_io::block_on(lifecycle.run(&hooks));
+        let log = hooks.log.lock().clone();
+        (out.expect_err("the gate should fail"), log)
+    }
+
+    #[test]
+    fn gate_pings_the_bus_and_names_it() {
+        let lifecycle = builder()
+            .registry(Arc::new(MemoryRegistry::new()))
+            .bus(down_bus())
+            .build();
+        let (e, hooks) = gate_error(lifecycle);
+        assert_eq!(e.kind(), ErrorKind::Unavailable);
+        let msg = e.to_string();
+        assert!(msg.contains("store `bus` is unavailable"), "{msg}");
+        assert!(!msg.contains("`registry`"), "{msg}");
+        assert!(hooks.is_empty(), "hooks ran: {hooks:?}");
+    }
+
+    #[test]
+    fn gate_pings_the_liveness_store_and_names_it() {
+        let liveness = MemoryLiveness::new();
+        liveness.set_available(false);
+        let lifecycle = builder().liveness(Arc::new(liveness)).build();
+        let msg = gate_error(lifecycle).0.to_string();
+        assert!(msg.contains("store `liveness` is unavailable"), "{msg}");
+    }
+
+    #[test]
+    fn gate_names_every_store_down() {
+        let lifecycle = builder().registry(down_registry()).bus(down_bus()).build();
+        let msg = gate_error(lifecycle).0.to_string();
+        assert!(msg.contains("stores `registry`, `bus` are unavailable"), "{msg}");
+    }
+
+    #[test]
+    fn a_store_down_is_logged_and_skipped_when_not_required() {
+        let lifecycle = builder().bus(down_bus()).store_required(false).build();
+        let hooks = Hooks::default();
+        async_io::block_on(lifecycle.run(&hooks)).unwrap();
+        assert_eq!(*hooks.log.lock(), ["on_start", "on_start_done", "run", "on_stop"]);
+    }
+
+    #[test]
+    fn readiness_checks_registry_and_bus_not_liveness() {
+        let lifecycle = builder()
+            .registry(Arc::new(MemoryRegistry::new()))
+            .bus(Arc::new(MemoryBus::new()))
+            .liveness(Arc::new(MemoryLiveness::new()))
+            .build();
+        let report = async_io::block_on(lifecycle.health().report());
+        let names: Vec<_> = report.components.keys().map(String::as_str).collect();
+        assert_eq!(names, ["bus", "registry"]);
+    }
+
+    #[test]
+    fn liveness_is_touched_while_running_and_forgotten_at_shutdown() {
+        let liveness = Arc::new(MemoryLiveness::new());
+        let lifecycle = builder()
+            .liveness(liveness.clone())
+            .heartbeat_every(Duration::from_millis(10))
+            .build();
+        let hooks = Hooks {
+            liveness: Some(liveness.clone()),
+            ..Default::default()
+        };
+        async_io::block_on(lifecycle.run(&hooks)).unwrap();
+        let id = InstanceId::new("gate-1").unwrap();
+        let after = async_io::block_on(liveness.is_alive_batch(&[id])).unwrap();
+        assert_eq!(*hooks.alive_in_run.lock(), Some(true));
+        assert_eq!(after, [false], "not forgotten at shutdown");
+    }
+
+    #[test]
+    fn shutdown_during_on_start_ends_boot_with_nothing_registered() {
+        let registry = Arc::new(MemoryRegistry::new());
+        let lifecycle = builder().registry(registry.clone()).build();
+        let hooks = Hooks {
+            start_for: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let stop = lifecycle.shutdown_handle();
+        let started = Instant::now();
+        async_io::block_on(async {
+            let trigger = async {
+                rt::sleep(Duration::from_millis(50)).await;
+                stop.trigger();
+            };
+            let (out, ()) = join(lifecycle.run(&hooks), trigger).await;
+            out.unwrap();
+        });
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            *hooks.log.lock(),
+            ["on_start"],
+            "on_start dropped, no run, no on_stop"
+        );
+        assert!(async_io::block_on(registry.list(None)).unwrap().is_empty());
+        assert!(!lifecycle.health().is_serving());
     }
 }

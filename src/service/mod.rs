@@ -1,14 +1,17 @@
 //! The service lifecycle: one boot and shutdown path for every process,
 //! whichever backends it runs on.
 //!
-//! Boot: jitter → store ping gate → [`Service::on_start`] → register as
-//! `starting` → heartbeat loop (first tick re-registers as `running`; a
-//! missing entry is registered again) → health server → [`Service::run`].
+//! Signal handlers first, then boot: jitter → store ping gate (every
+//! configured store) → [`Service::on_start`] → register as `starting` →
+//! heartbeat loops (first tick re-registers as `running`; a missing entry is
+//! registered again) → health server → [`Service::run`].
 //!
 //! Shutdown, on SIGTERM / SIGINT, [`Shutdown::trigger`] or when `run`
-//! returns: stop background tasks → health not ready, server stopped →
-//! deregister → [`Service::on_stop`]. Registry failures after boot are
-//! logged, never fatal.
+//! returns: at once health not ready, loops stopped, deregistered; then
+//! `run` drains (up to the shutdown timeout); then the health server stops
+//! and [`Service::on_stop`] runs. A shutdown asked during boot ends it at
+//! once with nothing registered. Registry failures after boot are logged,
+//! never fatal.
 
 mod heartbeat;
 mod lifecycle;
@@ -34,10 +37,18 @@ pub trait Service: Send + Sync {
     /// Stand up what `run` needs; runs after the store ping gate, before
     /// registration. An error aborts boot: nothing is registered and
     /// `on_stop` is not called.
+    ///
+    /// # Cancel safety
+    /// When shutdown is asked while it runs, its future is dropped at its
+    /// current await point, boot ends with nothing registered and `on_stop`
+    /// is not called: hold what it stands up in values that clean up on drop.
     async fn on_start(&self, ctx: &Context) -> Result<()>;
-    /// The service's work; return when [`Context::stopped`] resolves.
+    /// The service's work; return when [`Context::stopped`] resolves. By
+    /// then the instance is already not ready and deregistered, so no new
+    /// work is routed here: finish what is in flight and return.
     async fn run(&self, ctx: &Context) -> Result<()>;
-    /// Release what `on_start` and `run` stood up; runs after deregistration.
+    /// Release what `on_start` and `run` stood up; runs after `run` returned
+    /// (or was abandoned at the shutdown timeout) and the health server stopped.
     async fn on_stop(&self, ctx: &Context) -> Result<()>;
 }
 

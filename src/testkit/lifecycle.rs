@@ -11,7 +11,11 @@ use crate::{
 };
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 const TTL: Duration = Duration::from_millis(900);
 
@@ -167,6 +171,11 @@ pub async fn run(registry: Arc<dyn RegistryStore>, down: Arc<dyn RegistryStore>)
         .await;
     r.case("shutdown_handle_stops_run", shutdown_handle(registry.clone()))
         .await;
+    r.case(
+        "shutdown_withdraws_before_run_drains",
+        withdraws_first(registry.clone()),
+    )
+    .await;
     r.case("run_ignoring_shutdown_is_abandoned", abandoned(registry))
         .await;
     r
@@ -300,6 +309,86 @@ async fn shutdown_handle(registry: Arc<dyn RegistryStore>) -> CaseResult {
         "on_stop",
     ];
     ensure!(log == want, "shutdown by handle ran {log:?}, expected {want:?}");
+    Ok(())
+}
+
+/// A service that takes `DRAIN` to finish after shutdown was asked.
+struct Drains(Log);
+
+const DRAIN: Duration = Duration::from_millis(500);
+/// How soon after the trigger the instance must be out of rotation.
+const WITHDRAW_WITHIN: Duration = Duration::from_millis(100);
+
+#[async_trait]
+impl Service for Drains {
+    async fn on_start(&self, _: &Context) -> Result<()> {
+        Ok(())
+    }
+    async fn run(&self, ctx: &Context) -> Result<()> {
+        ctx.stopped().await;
+        crate::rt::sleep(DRAIN).await;
+        self.0.lock().push("run_returned".into());
+        Ok(())
+    }
+    async fn on_stop(&self, _: &Context) -> Result<()> {
+        self.0.lock().push("on_stop".into());
+        Ok(())
+    }
+}
+
+async fn withdraws_first(registry: Arc<dyn RegistryStore>) -> CaseResult {
+    let s = setup(registry.clone(), registry.clone(), |b| b);
+    let svc = Drains(s.log.clone());
+    let stop = s.lifecycle.shutdown_handle();
+    let health = s.lifecycle.health().clone();
+    let listed = || async {
+        let list = registry.list(Some(&s.service)).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(!list.is_empty())
+    };
+    let watch = async {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !(health.is_serving() && listed().await?) {
+            ensure!(Instant::now() < deadline, "never served and registered");
+            crate::rt::sleep(Duration::from_millis(5)).await;
+        }
+        let triggered = Instant::now();
+        stop.trigger();
+        let (mut not_ready, mut gone) = (None, None);
+        while not_ready.is_none() || gone.is_none() {
+            ensure!(
+                triggered.elapsed() < DRAIN,
+                "still in rotation {:?} after the trigger: ready={}, registered={}",
+                triggered.elapsed(),
+                not_ready.is_none(),
+                gone.is_none()
+            );
+            if not_ready.is_none() && !health.is_serving() {
+                not_ready = Some(triggered.elapsed());
+            }
+            if gone.is_none() && !listed().await? {
+                gone = Some(triggered.elapsed());
+            }
+            crate::rt::sleep(Duration::from_millis(2)).await;
+        }
+        s.log.lock().push("withdrawn".into());
+        Ok::<_, String>((not_ready.unwrap_or_default(), gone.unwrap_or_default()))
+    };
+    let (out, watched) = futures_util::future::join(s.lifecycle.run(&svc), watch).await;
+    out.step("lifecycle run")?;
+    let (not_ready, gone) = watched?;
+    ensure!(
+        not_ready <= WITHDRAW_WITHIN && gone <= WITHDRAW_WITHIN,
+        "not ready after {not_ready:?}, deregistered after {gone:?}; both due within {WITHDRAW_WITHIN:?}"
+    );
+    let log = entries(&s.log);
+    let want = [
+        "health_start:serving=false",
+        "withdrawn",
+        "run_returned",
+        "health_stop:serving=false",
+        "on_stop",
+    ];
+    ensure!(log == want, "shutdown ran {log:?}, expected {want:?}");
     Ok(())
 }
 
