@@ -156,6 +156,7 @@ impl Service for Tools {
                 let text: String = req.payload_as()?;
                 request::reply(
                     self.bus.as_ref(),
+                    &self.topology.tools_reply_prefix,
                     &req,
                     Envelope::new("tool.result").with_payload(&text.to_uppercase())?,
                 )

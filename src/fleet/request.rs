@@ -4,7 +4,7 @@
 
 use crate::{
     error::{Error, ErrorKind, Result},
-    name::{ConsumerName, GroupName, StreamName},
+    name::{ConsumerName, GroupName, InstanceId, StreamName},
     rt::{self, TaskHandle},
     Envelope, EventBus, MessageId, ReadOptions, StartFrom,
 };
@@ -55,32 +55,54 @@ impl RequestClient {
     }
 
     /// Publish `request` and wait up to `timeout` for its reply.
+    ///
+    /// # Cancel safety
+    /// Dropping the future removes its waiter at once. If the request was
+    /// already published it may still be served; its late reply is acked
+    /// and dropped by the reader.
     pub async fn request(&self, request: Envelope, timeout: Duration) -> Result<Envelope> {
         let id = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
         let (tx, rx) = oneshot::channel();
         self.waiters.lock().insert(id.clone(), tx);
+        let _waiter = Waiter {
+            waiters: &self.waiters,
+            id: &id,
+        };
         let request = request
             .with_header(REQUEST_ID, id.clone())
             .with_header(REPLY_TO, self.reply_to.as_str());
         let kind = request.kind.clone();
-        let outcome = match self.bus.publish(&self.requests, &request).await {
-            Err(e) => Err(e),
-            Ok(_) => match rt::timeout(timeout, rx).await {
-                Ok(Ok(reply)) => Ok(reply),
-                Ok(Err(_)) => Err(Error::unavailable(format!(
-                    "request `{kind}`: reply reader stopped"
-                ))),
-                Err(_) => Err(Error::new(
-                    ErrorKind::Timeout,
-                    format!(
-                        "request `{kind}` on stream `{}`: no reply within {timeout:?}",
-                        self.requests
-                    ),
-                )),
-            },
-        };
-        self.waiters.lock().remove(&id);
-        outcome
+        self.bus.publish(&self.requests, &request).await?;
+        match rt::timeout(timeout, rx).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(Error::unavailable(format!(
+                "request `{kind}`: reply reader stopped"
+            ))),
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "request `{kind}` on stream `{}`: no reply within {timeout:?}",
+                    self.requests
+                ),
+            )),
+        }
+    }
+
+    /// Requests waiting for their reply right now.
+    pub fn in_flight(&self) -> usize {
+        self.waiters.lock().len()
+    }
+}
+
+/// Removes a request's waiter however the request ends, dropped included.
+struct Waiter<'a> {
+    waiters: &'a Waiters,
+    id: &'a str,
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.waiters.lock().remove(self.id);
     }
 }
 
@@ -122,10 +144,59 @@ async fn read_replies(bus: Arc<dyn EventBus>, stream: StreamName, group: GroupNa
     }
 }
 
-/// Publish `response` as the reply to `request`, on the stream it names.
-pub async fn reply(bus: &dyn EventBus, request: &Envelope, response: Envelope) -> Result<MessageId> {
+/// Publish `response` as the reply to `request`, on the stream its
+/// `reply_to` header names, which must be `{reply_prefix}:{one segment}`
+/// (as [`Topology::tools_reply`](crate::topology::Topology::tools_reply)
+/// builds them).
+///
+/// Any other stream is refused with [`InvalidInput`](ErrorKind::InvalidInput)
+/// and logged: `reply_to` comes from whoever published the request, and
+/// must not let them make this service write into any stream (inbound, say).
+///
+/// ```
+/// # #[cfg(feature = "memory")]
+/// # async_io::block_on(async {
+/// use fleetwire::{memory::MemoryBus, request, Envelope, ErrorKind};
+///
+/// let bus = MemoryBus::new();
+/// let hostile = Envelope::new("tool.exec")
+///     .with_header(request::REQUEST_ID, "r1")
+///     .with_header(request::REPLY_TO, "sg:stream:inbound");
+/// let refused = request::reply(&bus, "sg:tools:reply", &hostile, Envelope::new("tool.result")).await;
+/// assert_eq!(refused.unwrap_err().kind(), ErrorKind::InvalidInput);
+/// # });
+/// ```
+///
+/// # Cancel safety
+/// One publish: dropped before it completed, the reply may or may not have
+/// been written.
+pub async fn reply(
+    bus: &dyn EventBus,
+    reply_prefix: &str,
+    request: &Envelope,
+    response: Envelope,
+) -> Result<MessageId> {
     let missing = |h: &str| Error::invalid(format!("request `{}` has no `{h}` header", request.kind));
-    let to = StreamName::new(request.header(REPLY_TO).ok_or_else(|| missing(REPLY_TO))?)?;
+    let to = request.header(REPLY_TO).ok_or_else(|| missing(REPLY_TO))?;
     let id = request.header(REQUEST_ID).ok_or_else(|| missing(REQUEST_ID))?;
+    let under_prefix = to
+        .strip_prefix(reply_prefix)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .is_some_and(|segment| InstanceId::new(segment).is_ok());
+    if !under_prefix {
+        tracing::warn!(
+            event = "reply_refused",
+            kind = %request.kind,
+            reply_to = %to.escape_debug(),
+            reply_prefix,
+            "reply_to is not a reply stream"
+        );
+        return Err(Error::invalid(format!(
+            "request `{}`: reply_to `{}` is not under the reply prefix `{reply_prefix}`",
+            request.kind,
+            to.escape_debug()
+        )));
+    }
+    let to = StreamName::new(to)?;
     bus.publish(&to, &response.with_header(REQUEST_ID, id)).await
 }
