@@ -129,6 +129,34 @@ impl RedisServer {
         assert!(self.spawn(), "redis-server did not restart on port {}", self.port);
     }
 
+    /// `kill -9` the server: no shutdown, no final save, clients see their
+    /// sockets reset. (`Child::kill` sends SIGKILL on unix.) Returns whether
+    /// a server was running.
+    pub fn kill9(&mut self) -> bool {
+        match self.child.take() {
+            Some(mut c) => {
+                let _ = c.kill();
+                let _ = c.wait();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The server's working directory, where its AOF and RDB files live;
+    /// [`restart`](Self::restart) starts the new process on the same one (and
+    /// the same port and arguments), so with `--appendonly yes` it reloads the data.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// The value of one `CONFIG GET` parameter, e.g. `appendonly`.
+    pub fn config_get(&self, name: &str) -> Option<String> {
+        let reply = self.cmd(&["CONFIG", "GET", name]);
+        // `*2 $len name $len value`: the value is the fifth line.
+        reply.split("\r\n").nth(4).map(str::to_owned)
+    }
+
     /// Run a command with redis-cli-free raw RESP, returning the raw reply.
     pub fn cmd(&self, args: &[&str]) -> String {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
@@ -144,6 +172,18 @@ impl RedisServer {
         let n = s.read(&mut buf).expect("read");
         out.extend_from_slice(&buf[..n]);
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    /// Every command's `INFO commandstats` call count, by lowercase name
+    /// (`xreadgroup`, `evalsha`, ...): diff two to see what a workload sent.
+    pub fn command_calls(&self) -> std::collections::BTreeMap<String, u64> {
+        let info = self.cmd(&["INFO", "commandstats"]);
+        info.lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(":calls=")?;
+                Some((name.to_owned(), rest.split(',').next()?.parse().ok()?))
+            })
+            .collect()
     }
 
     /// `INFO commandstats` calls of `command` (lowercase), e.g. `xadd`.
