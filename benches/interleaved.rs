@@ -3,6 +3,9 @@
 //! and the report is the median of the per-round ratios.
 //!
 //!     cargo bench --all-features --bench interleaved
+//!     cargo bench --all-features --bench interleaved -- consume/runner publish/redis/concurrent
+//!
+//! Arguments that are not flags select groups by name prefix (any of them).
 
 mod common;
 #[path = "../tests/support/mod.rs"]
@@ -10,17 +13,41 @@ mod support;
 
 use common::{envelope, raw_xadd};
 
+use fleetwire::consumer::{Handler, HandlerResult, Runner};
+use fleetwire::{Delivery, MessageId};
+use futures_util::{stream::FuturesUnordered, FutureExt, StreamExt};
+use redis::aio::MultiplexedConnection;
+use tokio::sync::oneshot;
+
 use fleetwire::{
     memory::MemoryBus, redis::RedisBackend, Codec, ConsumerName, Envelope, EventBus, GroupName, Instance,
     InstanceId, LivenessStore, ReadOptions, RegistryStore, ServiceName, StartFrom, Status, StreamName,
 };
 use futures_util::future::join_all;
 use std::{
+    collections::BTreeMap,
     future::Future,
+    panic::AssertUnwindSafe,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex, OnceLock,
+    },
     time::{Duration, Instant},
 };
 
 const ROUNDS: usize = 31;
+
+/// The group-name prefixes given on the command line; empty runs every group.
+static FILTER: OnceLock<Vec<String>> = OnceLock::new();
+
+/// Whether the group (or section) `name` runs: no filter, or it shares a prefix with one.
+fn wants(name: &str) -> bool {
+    let filters = FILTER.get().map(Vec::as_slice).unwrap_or_default();
+    filters.is_empty()
+        || filters
+            .iter()
+            .any(|f| name.starts_with(f.as_str()) || f.starts_with(name))
+}
 
 async fn time<F: Future<Output = ()>>(n: usize, mut op: impl FnMut() -> F) -> Duration {
     let start = Instant::now();
@@ -76,10 +103,450 @@ where
     );
 }
 
+/// Entries each drain round pre-fills (untimed) and then times draining.
+const DRAIN_N: usize = 5_000;
+
+/// Fires once `left` handlings have been counted.
+#[derive(Default)]
+struct Countdown {
+    left: AtomicUsize,
+    done: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl Countdown {
+    fn arm(&self, n: usize) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        *self.done.lock().unwrap() = Some(tx);
+        self.left.store(n, Ordering::SeqCst);
+        rx
+    }
+
+    fn tick(&self) {
+        if self.left.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(tx) = self.done.lock().unwrap().take() {
+                let _ = tx.send(());
+            }
+        }
+    }
+}
+
+/// Draining a pre-filled stream three ways: the `Runner` (concurrency 64,
+/// no-op handler, stopped once all were handled), a raw redis-rs loop that
+/// pipelines the `XACK` of batch N with the `XREADGROUP COUNT 64` of batch
+/// N+1, and a naive raw loop (`XREADGROUP`, then a separate `XACK`).
+struct Drain {
+    bus: Arc<dyn EventBus>,
+    raw: MultiplexedConnection,
+    body: Vec<u8>,
+    runner: Runner,
+    countdown: Arc<Countdown>,
+    /// What the last round's drain cost this process.
+    drain_usage: Mutex<ProcessUsage>,
+}
+
+/// The three compared sides' streams, then the bus-level loop used for attribution.
+const SIDES: [&str; 4] = ["d:runner", "d:pipelined", "d:naive", "d:bus"];
+
+impl Drain {
+    async fn new(backend: &RedisBackend, raw: MultiplexedConnection, body: Vec<u8>) -> Self {
+        let bus: Arc<dyn EventBus> = Arc::new(backend.bus());
+        let group = GroupName::new("g").unwrap();
+        for s in SIDES {
+            bus.ensure_group(&StreamName::new(s).unwrap(), &group, StartFrom::Latest)
+                .await
+                .unwrap();
+        }
+        let countdown = Arc::new(Countdown::default());
+        let c = countdown.clone();
+        let runner = Runner::builder(
+            bus.clone(),
+            StreamName::new(SIDES[0]).unwrap(),
+            group,
+            ConsumerName::new("runner").unwrap(),
+        )
+        .concurrency(64)
+        .handler(move |_: Delivery| {
+            c.tick();
+            async { HandlerResult::Ok(()) }
+        })
+        .build()
+        .unwrap();
+        Self {
+            bus,
+            raw,
+            body,
+            runner,
+            countdown,
+            drain_usage: Mutex::new(ProcessUsage::default()),
+        }
+    }
+
+    async fn fill(&self, stream: &str, n: usize) {
+        let mut p = redis::pipe();
+        for _ in 0..n {
+            p.add_command(raw_xadd(stream, &self.body)).ignore();
+        }
+        p.query_async::<()>(&mut self.raw.clone()).await.unwrap();
+    }
+
+    /// Fill `n` entries (untimed), then time draining them on side `side`.
+    async fn round(self: &Arc<Self>, side: usize, n: usize) -> Duration {
+        self.round_reading(side, n, 64).await
+    }
+
+    /// As `round`, the raw loops reading `count` at a time.
+    async fn round_reading(self: &Arc<Self>, side: usize, n: usize, count: usize) -> Duration {
+        self.fill(SIDES[side], n).await;
+        let usage = ProcessUsage::now();
+        // On a worker, as a service's consumer loop runs (not on the `block_on` thread).
+        let me = self.clone();
+        let took = tokio::spawn(async move {
+            match side {
+                0 => me.by_runner(n).await,
+                1 => me.by_pipelined_loop(n, count).await,
+                2 => me.by_naive_loop(n).await,
+                _ => me.by_bus_loop(n, count).await,
+            }
+        })
+        .await
+        .unwrap();
+        *self.drain_usage.lock().unwrap() = ProcessUsage::now().since(&usage);
+        let pending: redis::Value = redis::cmd("XPENDING")
+            .arg(SIDES[side])
+            .arg("g")
+            .query_async(&mut self.raw.clone())
+            .await
+            .unwrap();
+        assert!(
+            matches!(&pending, redis::Value::Array(v) if v.first() == Some(&redis::Value::Int(0))),
+            "{} left entries pending: {pending:?}",
+            SIDES[side]
+        );
+        took
+    }
+
+    async fn by_runner(&self, n: usize) -> Duration {
+        let all_handled = self.countdown.arm(n);
+        let start = Instant::now();
+        self.runner
+            .run(async move {
+                let _ = all_handled.await;
+            })
+            .await
+            .unwrap();
+        start.elapsed()
+    }
+
+    async fn by_pipelined_loop(&self, n: usize, count: usize) -> Duration {
+        let (stream, mut c) = (SIDES[1], self.raw.clone());
+        let start = Instant::now();
+        let (mut handled, mut acks) = (0, Vec::<String>::new());
+        loop {
+            let mut p = redis::pipe();
+            if !acks.is_empty() {
+                p.cmd("XACK").arg(stream).arg("g").arg(&acks).ignore();
+            }
+            if handled >= n {
+                p.query_async::<()>(&mut c).await.unwrap();
+                return start.elapsed();
+            }
+            p.cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg("g")
+                .arg("raw")
+                .arg("COUNT")
+                .arg(count)
+                .arg("STREAMS")
+                .arg(stream)
+                .arg(">");
+            let replies: Vec<redis::Value> = p.query_async(&mut c).await.unwrap();
+            let got = fleetwire::redis::parse::read_reply(&replies[0]).unwrap();
+            assert!(!got.is_empty(), "the pipelined loop ran dry at {handled} of {n}");
+            handled += got.len();
+            acks = got
+                .iter()
+                .map(|d| std::hint::black_box(d).id.to_string())
+                .collect();
+        }
+    }
+
+    /// The pipelined loop through the bus (`ack_and_read`, blocking read
+    /// connection, cancel guard, `Delivery` parsing), without the runner.
+    async fn by_bus_loop(&self, n: usize, count: usize) -> Duration {
+        let stream = StreamName::new(SIDES[3]).unwrap();
+        let (group, me) = (GroupName::new("g").unwrap(), ConsumerName::new("bus").unwrap());
+        let options = ReadOptions::count(count).block(Duration::from_millis(250));
+        let start = Instant::now();
+        let (mut handled, mut acks) = (0, Vec::new());
+        while handled < n {
+            let got = self
+                .bus
+                .ack_and_read(&stream, &group, &me, &acks, options)
+                .await
+                .unwrap();
+            assert!(!got.is_empty(), "the bus loop ran dry at {handled} of {n}");
+            handled += got.len();
+            acks = got.iter().map(|d| std::hint::black_box(d).id).collect();
+        }
+        self.bus.ack(&stream, &group, &acks).await.unwrap();
+        start.elapsed()
+    }
+
+    async fn by_naive_loop(&self, n: usize) -> Duration {
+        let (stream, mut c) = (SIDES[2], self.raw.clone());
+        let start = Instant::now();
+        let mut handled = 0;
+        while handled < n {
+            let v: redis::Value = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg("g")
+                .arg("raw")
+                .arg("COUNT")
+                .arg(64)
+                .arg("STREAMS")
+                .arg(stream)
+                .arg(">")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            let got = fleetwire::redis::parse::read_reply(&v).unwrap();
+            assert!(!got.is_empty(), "the naive loop ran dry at {handled} of {n}");
+            handled += got.len();
+            let ids: Vec<String> = got
+                .iter()
+                .map(|d| std::hint::black_box(d).id.to_string())
+                .collect();
+            redis::cmd("XACK")
+                .arg(stream)
+                .arg("g")
+                .arg(&ids)
+                .query_async::<u64>(&mut c)
+                .await
+                .unwrap();
+        }
+        start.elapsed()
+    }
+
+    async fn run(self: &Arc<Self>, server: &support::RedisServer) {
+        let n = DRAIN_N;
+        for side in 0..3 {
+            self.round(side, n).await;
+        }
+        let mut times = [Vec::new(), Vec::new(), Vec::new()];
+        // The runner's XREADGROUPs per round (counted outside the timed part).
+        let mut runner_reads = Vec::new();
+        for round in 0..ROUNDS {
+            for k in 0..3 {
+                let side = (round + k) % 3;
+                let before = (side == 0).then(|| server.calls("xreadgroup"));
+                times[side].push(self.round(side, n).await.as_secs_f64());
+                if let Some(before) = before {
+                    runner_reads.push(server.calls("xreadgroup") - before);
+                }
+            }
+        }
+        let per_msg = |t: &[f64]| median(t.to_vec()) / n as f64 * 1e6;
+        for (side, target, goal) in [(1, "pipelined", 1.0), (2, "naive", 1.3)] {
+            let mut ratios: Vec<f64> = times[0].iter().zip(&times[side]).map(|(f, r)| f / r).collect();
+            ratios.sort_by(|a, b| a.total_cmp(b));
+            let (q1, med, q3) = (ratios[ROUNDS / 4], ratios[ROUNDS / 2], ratios[3 * ROUNDS / 4]);
+            println!(
+                "| consume/runner vs {target} raw loop (drain {n}, runner concurrency 64, no-op handler) | {:.2} µs/msg | {:.2} µs/msg | {med:.2}× (IQR {q1:.2}–{q3:.2}) → throughput {:.2}× | throughput ≥ {goal}×, i.e. ≤ {:.2}× |",
+                per_msg(&times[side]),
+                per_msg(&times[0]),
+                1.0 / med,
+                1.0 / goal,
+            );
+        }
+        self.by_read_size(n, &times, &runner_reads);
+        // A few more rounds per side, counting what each sent (INFO commandstats, first
+        // of them) and what its drain cost this process: CPU time and context switches
+        // of all its threads.
+        let mut runner_batch = 64.0;
+        for (side, what) in SIDES.iter().enumerate().take(3) {
+            let (mut took, mut cpu, mut switches) = (Vec::new(), Vec::new(), Vec::new());
+            let mut first: Option<BTreeMap<String, u64>> = None;
+            for _ in 0..5 {
+                let before = server.command_calls();
+                took.push(self.round(side, n).await.as_secs_f64());
+                let used = std::mem::take(&mut *self.drain_usage.lock().unwrap());
+                cpu.push(used.cpu_ns as f64);
+                switches.push(used.switches as f64);
+                let after = server.command_calls();
+                first.get_or_insert_with(|| {
+                    after
+                        .iter()
+                        .filter_map(|(cmd, calls)| {
+                            // Leave out the round's own fill (n XADD), its check (one
+                            // XPENDING) and the first INFO.
+                            let own = match cmd.as_str() {
+                                "xadd" => n as u64,
+                                "xpending" | "info" => 1,
+                                _ => 0,
+                            };
+                            let d = calls - before.get(cmd).copied().unwrap_or(0) - own;
+                            (d > 0).then(|| (cmd.clone(), d))
+                        })
+                        .collect()
+                });
+            }
+            let sent = first.unwrap_or_default();
+            let reads = sent.get("xreadgroup").copied().unwrap_or(0).max(1);
+            if side == 0 {
+                runner_batch = n as f64 / reads as f64;
+            }
+            println!(
+                "  {what} (medians of 5 drains): {:.2} ms for {n}, this process's CPU {:.2} ms, \
+                 {:.0} context switches; commands (first round) {sent:?}; {:.1} entries per XREADGROUP",
+                median(took) * 1e3,
+                median(cpu) / 1e6,
+                median(switches),
+                n as f64 / reads as f64
+            );
+        }
+        self.attribute(n, runner_batch).await;
+    }
+
+    /// The runner's read sizes over the timed rounds, and its time ratio to
+    /// the pipelined loop in the rounds whose reads were nearly full and in the others.
+    fn by_read_size(&self, n: usize, times: &[Vec<f64>; 3], reads: &[u64]) {
+        let per_read: Vec<f64> = reads.iter().map(|r| n as f64 / (*r).max(1) as f64).collect();
+        let mut sorted = per_read.clone();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        let (mut full, mut partial) = (Vec::new(), Vec::new());
+        for (i, size) in per_read.iter().enumerate() {
+            let ratio = times[0][i] / times[1][i];
+            if *size >= 56.0 {
+                full.push(ratio)
+            } else {
+                partial.push(ratio)
+            }
+        }
+        let show = |v: &Vec<f64>| match v.len() {
+            0 => "—".to_owned(),
+            k => format!("{:.2}× ({k} rounds)", median(v.clone())),
+        };
+        println!(
+            "  runner entries per XREADGROUP over the {} timed rounds: median {:.1} (min {:.1}, max {:.1}); \
+             runner/pipelined time in rounds reading ≥ 56 per read {}, below {}",
+            per_read.len(),
+            median(per_read.clone()),
+            sorted[0],
+            sorted[sorted.len() - 1],
+            show(&full),
+            show(&partial),
+        );
+    }
+
+    /// Where the runner's time goes: smaller reads, spawning a task per
+    /// entry, and the fixed cost of one `run` (group check, recovery, final
+    /// ack, leaving the group).
+    async fn attribute(self: &Arc<Self>, n: usize, runner_batch: f64) {
+        const R: usize = 15;
+        let count = runner_batch.round().max(1.0) as usize;
+        let (mut full, mut small, mut spawned, mut bus) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut runner_one, mut raw_one) = (Vec::new(), Vec::new());
+        for _ in 0..R {
+            full.push(self.round_reading(1, n, 64).await.as_secs_f64());
+            small.push(self.round_reading(1, n, count).await.as_secs_f64());
+            let spawning = tokio::spawn(spawn_and_join(n, 64));
+            spawned.push(spawning.await.unwrap().as_secs_f64());
+            bus.push(self.round_reading(3, n, 64).await.as_secs_f64());
+            runner_one.push(self.round(0, 64).await.as_secs_f64());
+            raw_one.push(self.round(1, 64).await.as_secs_f64());
+        }
+        let us = |v: Vec<f64>| median(v) * 1e6;
+        println!(
+            "  attribution (medians of {R}): pipelined loop {:.0} µs with COUNT 64, {:.0} µs with COUNT {count} (the runner's mean read); \
+             the same loop through the bus's ack_and_read {:.0} µs; \
+             spawning and joining {n} no-op handler tasks 64 at a time {:.0} µs; draining one batch of 64: runner {:.0} µs, pipelined loop {:.0} µs",
+            us(full),
+            us(small),
+            us(bus),
+            us(spawned),
+            us(runner_one),
+            us(raw_one),
+        );
+    }
+}
+
+/// CPU time and context switches of every thread of this process, from
+/// `/proc/self/task` (zero where that is not readable).
+#[derive(Default)]
+struct ProcessUsage {
+    cpu_ns: u64,
+    switches: u64,
+}
+
+impl ProcessUsage {
+    fn now() -> Self {
+        let mut usage = Self {
+            cpu_ns: 0,
+            switches: 0,
+        };
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return usage;
+        };
+        for task in tasks.flatten() {
+            let path = task.path();
+            let schedstat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+            usage.cpu_ns += schedstat
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(0);
+            let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+            usage.switches += status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().last()?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+        usage
+    }
+
+    fn since(&self, earlier: &Self) -> Self {
+        Self {
+            cpu_ns: self.cpu_ns.saturating_sub(earlier.cpu_ns),
+            switches: self.switches.saturating_sub(earlier.switches),
+        }
+    }
+}
+
+/// What the runner does per entry besides the store: a task per handler
+/// call (timeout and panic guard around the boxed future), joined in a set.
+async fn spawn_and_join(n: usize, batch: usize) -> Duration {
+    let handler: Arc<dyn Handler> = Arc::new(|_: Delivery| async { HandlerResult::Ok(()) });
+    let start = Instant::now();
+    let mut left = n;
+    while left > 0 {
+        let take = left.min(batch);
+        let mut set = FuturesUnordered::new();
+        for _ in 0..take {
+            let (h, d) = (
+                handler.clone(),
+                Delivery::new(MessageId::ZERO, 1, Default::default()),
+            );
+            set.push(tokio::spawn(async move {
+                let call = AssertUnwindSafe(h.handle(d)).catch_unwind();
+                tokio::time::timeout(Duration::from_secs(300), call).await
+            }));
+        }
+        while let Some(done) = set.next().await {
+            std::hint::black_box(done.is_ok());
+        }
+        left -= take;
+    }
+    start.elapsed()
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
+    FILTER
+        .set(std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect())
+        .expect("set once");
     let server = support::RedisServer::start().expect("the Redis comparisons need redis-server");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -92,14 +559,16 @@ fn main() {
         let env = envelope();
         let codec = Codec::default();
 
-        let bus = MemoryBus::builder().max_len(1000).build();
-        let s = StreamName::new("mem").unwrap();
-        compare("publish/memory vs encode into a pre-sized buffer", "≤ 2.0×", 20_000,
-            || async { std::hint::black_box(codec.encode(&env).unwrap()); },
-            || async { bus.publish(&s, &env).await.unwrap(); }).await;
-        compare("publish/memory vs rmp_serde::to_vec_named", "≤ 2.0×", 20_000,
-            || async { std::hint::black_box(rmp_serde::to_vec_named(&env).unwrap()); },
-            || async { bus.publish(&s, &env).await.unwrap(); }).await;
+        if wants("publish/memory") {
+            let bus = MemoryBus::builder().max_len(1000).build();
+            let s = StreamName::new("mem").unwrap();
+            compare("publish/memory vs encode into a pre-sized buffer", "≤ 2.0×", 20_000,
+                || async { std::hint::black_box(codec.encode(&env).unwrap()); },
+                || async { bus.publish(&s, &env).await.unwrap(); }).await;
+            compare("publish/memory vs rmp_serde::to_vec_named", "≤ 2.0×", 20_000,
+                || async { std::hint::black_box(rmp_serde::to_vec_named(&env).unwrap()); },
+                || async { bus.publish(&s, &env).await.unwrap(); }).await;
+        }
 
         let url = server.url();
         let backend = RedisBackend::builder().url(&url).max_len(10_000).build().unwrap();
@@ -108,77 +577,96 @@ fn main() {
         let body = codec.encode(&env).unwrap();
         let fw_s = StreamName::new("bench:fw").unwrap();
 
-        compare("publish/redis/sequential", "ops/s ≥ 0.9× raw, i.e. ≤ 1.11×", 200,
-            || { let (mut c, cmd) = (raw.clone(), raw_xadd("bench:raw", &body)); async move { cmd.query_async::<String>(&mut c).await.unwrap(); } },
-            || async { rbus.publish(&fw_s, &env).await.unwrap(); }).await;
-        compare("publish/redis/concurrent (50 at once)", "≤ 1.11×", 20,
-            || { let raw = raw.clone(); let body = body.clone(); async move {
-                join_all((0..50).map(|_| { let (mut c, cmd) = (raw.clone(), raw_xadd("bench:raw", &body)); async move { cmd.query_async::<String>(&mut c).await.unwrap() } })).await; } },
-            || async { join_all((0..50).map(|_| rbus.publish(&fw_s, &env))).await.into_iter().for_each(|r| { r.unwrap(); }); }).await;
-        // The same raw XADDs through redis-rs's ConnectionManager, which fleetwire
-        // uses for reconnects: separates its cost from fleetwire's own.
-        let manager = redis::Client::open(url.as_str()).unwrap().get_connection_manager().await.unwrap();
-        compare("  of which redis-rs ConnectionManager vs bare multiplexed (50 at once)", "(attribution)", 20,
-            || { let raw = raw.clone(); let body = body.clone(); async move {
-                join_all((0..50).map(|_| { let (mut c, cmd) = (raw.clone(), raw_xadd("bench:raw", &body)); async move { cmd.query_async::<String>(&mut c).await.unwrap() } })).await; } },
-            || { let m = manager.clone(); let body = body.clone(); async move {
-                join_all((0..50).map(|_| { let (mut c, cmd) = (m.clone(), raw_xadd("bench:raw", &body)); async move { cmd.query_async::<String>(&mut c).await.unwrap() } })).await; } }).await;
-        let batch: Vec<Envelope> = (0..64).map(|_| envelope()).collect();
-        compare("publish/redis/batch64", "≤ 1.11×", 20,
-            || { let mut c = raw.clone(); let mut p = redis::pipe();
-                 for e in &batch { p.add_command(raw_xadd("bench:raw", &codec.encode(e).unwrap())); }
-                 async move { p.query_async::<Vec<String>>(&mut c).await.unwrap(); } },
-            || async { rbus.publish_batch(&fw_s, &batch).await.unwrap(); }).await;
+        if wants("publish/redis/sequential") {
+            compare("publish/redis/sequential", "ops/s ≥ 0.9× raw, i.e. ≤ 1.11×", 200,
+                || { let (mut c, cmd) = (raw.clone(), raw_xadd("bench:raw", &body)); async move { cmd.query_async::<String>(&mut c).await.unwrap(); } },
+                || async { rbus.publish(&fw_s, &env).await.unwrap(); }).await;
+        }
+        if wants("publish/redis/concurrent") {
+            compare("publish/redis/concurrent (50 at once)", "≤ 1.11×", 20,
+                || { let raw = raw.clone(); let body = body.clone(); async move {
+                    join_all((0..50).map(|_| { let (mut c, cmd) = (raw.clone(), raw_xadd("bench:raw", &body)); async move { cmd.query_async::<String>(&mut c).await.unwrap() } })).await; } },
+                || async { join_all((0..50).map(|_| rbus.publish(&fw_s, &env))).await.into_iter().for_each(|r| { r.unwrap(); }); }).await;
+            // The same raw XADDs through redis-rs's ConnectionManager, which fleetwire
+            // uses for reconnects: separates its cost from fleetwire's own.
+            let manager = redis::Client::open(url.as_str()).unwrap().get_connection_manager().await.unwrap();
+            compare("  of which redis-rs ConnectionManager vs bare multiplexed (50 at once)", "(attribution)", 20,
+                || { let raw = raw.clone(); let body = body.clone(); async move {
+                    join_all((0..50).map(|_| { let (mut c, cmd) = (raw.clone(), raw_xadd("bench:raw", &body)); async move { cmd.query_async::<String>(&mut c).await.unwrap() } })).await; } },
+                || { let m = manager.clone(); let body = body.clone(); async move {
+                    join_all((0..50).map(|_| { let (mut c, cmd) = (m.clone(), raw_xadd("bench:raw", &body)); async move { cmd.query_async::<String>(&mut c).await.unwrap() } })).await; } }).await;
+        }
+        if wants("publish/redis/batch64") {
+            let batch: Vec<Envelope> = (0..64).map(|_| envelope()).collect();
+            compare("publish/redis/batch64", "≤ 1.11×", 20,
+                || { let mut c = raw.clone(); let mut p = redis::pipe();
+                     for e in &batch { p.add_command(raw_xadd("bench:raw", &codec.encode(e).unwrap())); }
+                     async move { p.query_async::<Vec<String>>(&mut c).await.unwrap(); } },
+                || async { rbus.publish_batch(&fw_s, &batch).await.unwrap(); }).await;
+        }
 
         // consume: each op fills 64 entries (untimed share is equal on both sides) then reads and acks them.
-        let group = GroupName::new("g").unwrap();
-        for s in ["c:raw", "c:fw"] {
-            rbus.ensure_group(&StreamName::new(s).unwrap(), &group, StartFrom::Latest).await.unwrap();
+        if wants("consume/redis") {
+            let group = GroupName::new("g").unwrap();
+            for s in ["c:raw", "c:fw"] {
+                rbus.ensure_group(&StreamName::new(s).unwrap(), &group, StartFrom::Latest).await.unwrap();
+            }
+            let fill = |stream: &'static str| { let mut p = redis::pipe(); for _ in 0..64 { p.add_command(raw_xadd(stream, &body)).ignore(); } p };
+            let (fill_raw, fill_fw) = (fill("c:raw"), fill("c:fw"));
+            let c_fw = StreamName::new("c:fw").unwrap();
+            let me = ConsumerName::new("c1").unwrap();
+            compare("consume/redis (fill 64, read 64, ack 64)", "(no target)", 20,
+                || { let mut c = raw.clone(); let fill = fill_raw.clone(); async move {
+                    fill.query_async::<()>(&mut c).await.unwrap();
+                    let v: redis::Value = redis::cmd("XREADGROUP").arg("GROUP").arg("g").arg("c1").arg("COUNT").arg(64).arg("STREAMS").arg("c:raw").arg(">").query_async(&mut c).await.unwrap();
+                    let ids = fleetwire::redis::parse::read_reply(&v).unwrap();
+                    let mut ack = redis::cmd("XACK"); ack.arg("c:raw").arg("g");
+                    for d in &ids { ack.arg(d.id.to_string()); }
+                    assert_eq!(ack.query_async::<u64>(&mut c).await.unwrap(), 64);
+                } },
+                || { let mut c = raw.clone(); let fill = fill_fw.clone(); let (rbus, c_fw, group, me) = (&rbus, &c_fw, &group, &me); async move {
+                    fill.query_async::<()>(&mut c).await.unwrap();
+                    let got = rbus.read(c_fw, group, me, ReadOptions::count(64)).await.unwrap();
+                    assert_eq!(rbus.ack(c_fw, group, &got.iter().map(|d| d.id).collect::<Vec<_>>()).await.unwrap(), 64);
+                } }).await;
         }
-        let fill = |stream: &'static str| { let mut p = redis::pipe(); for _ in 0..64 { p.add_command(raw_xadd(stream, &body)).ignore(); } p };
-        let (fill_raw, fill_fw) = (fill("c:raw"), fill("c:fw"));
-        let c_fw = StreamName::new("c:fw").unwrap();
-        let me = ConsumerName::new("c1").unwrap();
-        compare("consume/redis (fill 64, read 64, ack 64)", "(no target)", 20,
-            || { let mut c = raw.clone(); let fill = fill_raw.clone(); async move {
-                fill.query_async::<()>(&mut c).await.unwrap();
-                let v: redis::Value = redis::cmd("XREADGROUP").arg("GROUP").arg("g").arg("c1").arg("COUNT").arg(64).arg("STREAMS").arg("c:raw").arg(">").query_async(&mut c).await.unwrap();
-                let ids = fleetwire::redis::parse::read_reply(&v).unwrap();
-                let mut ack = redis::cmd("XACK"); ack.arg("c:raw").arg("g");
-                for d in &ids { ack.arg(d.id.to_string()); }
-                assert_eq!(ack.query_async::<u64>(&mut c).await.unwrap(), 64);
-            } },
-            || { let mut c = raw.clone(); let fill = fill_fw.clone(); let (rbus, c_fw, group, me) = (&rbus, &c_fw, &group, &me); async move {
-                fill.query_async::<()>(&mut c).await.unwrap();
-                let got = rbus.read(c_fw, group, me, ReadOptions::count(64)).await.unwrap();
-                assert_eq!(rbus.ack(c_fw, group, &got.iter().map(|d| d.id).collect::<Vec<_>>()).await.unwrap(), 64);
-            } }).await;
 
-        let live = backend.liveness();
-        let ids: Vec<InstanceId> = (0..10_000).map(|i| InstanceId::new(format!("rt-{i}")).unwrap()).collect();
-        for id in ids.iter().step_by(2) { live.touch(id, Duration::from_secs(600)).await.unwrap(); }
-        let keys: Vec<String> = ids.iter().map(|i| format!("sg:liveness:{i}")).collect();
-        compare("liveness/redis/is_alive_batch_10k vs MGET", "≤ 1.2×", 3,
-            || { let mut c = raw.clone(); let cmd = { let mut m = redis::cmd("MGET"); m.arg(&keys); m }; async move { cmd.query_async::<Vec<Option<String>>>(&mut c).await.unwrap(); } },
-            || async { live.is_alive_batch(&ids).await.unwrap(); }).await;
+        if wants("consume/runner") {
+            let drain = Arc::new(Drain::new(&backend, raw.clone(), body.to_vec()).await);
+            drain.run(&server).await;
+        }
+
+        if wants("liveness/redis") {
+            let live = backend.liveness();
+            let ids: Vec<InstanceId> = (0..10_000).map(|i| InstanceId::new(format!("rt-{i}")).unwrap()).collect();
+            for id in ids.iter().step_by(2) { live.touch(id, Duration::from_secs(600)).await.unwrap(); }
+            let keys: Vec<String> = ids.iter().map(|i| format!("sg:liveness:{i}")).collect();
+            compare("liveness/redis/is_alive_batch_10k vs MGET", "≤ 1.2×", 3,
+                || { let mut c = raw.clone(); let cmd = { let mut m = redis::cmd("MGET"); m.arg(&keys); m }; async move { cmd.query_async::<Vec<Option<String>>>(&mut c).await.unwrap(); } },
+                || async { live.is_alive_batch(&ids).await.unwrap(); }).await;
+        }
 
         let reg = backend.registry();
-        let svc = ServiceName::new("bench-svc").unwrap();
-        let one = Instance::new(svc.clone(), InstanceId::new("hb-1").unwrap(), Status::Running);
-        reg.register(&one, Duration::from_secs(600)).await.unwrap();
-        compare("registry/redis/heartbeat vs PEXPIRE", "(no target)", 200,
-            || { let mut c = raw.clone(); async move { redis::cmd("PEXPIRE").arg("sg:registry:service:bench-svc:hb-1").arg(600_000).query_async::<bool>(&mut c).await.unwrap(); } },
-            || async { assert!(reg.heartbeat(&svc, &one.id, Duration::from_secs(600)).await.unwrap()); }).await;
-
-        let fleet = ServiceName::new("bench-fleet").unwrap();
-        let all: Vec<_> = (0..10_000).map(|i| Instance::new(fleet.clone(), InstanceId::new(format!("i-{i}")).unwrap(), Status::Running)).collect();
-        for chunk in all.chunks(500) {
-            for r in join_all(chunk.iter().map(|i| reg.register(i, Duration::from_secs(600)))).await { r.unwrap(); }
+        if wants("registry/redis/heartbeat") {
+            let svc = ServiceName::new("bench-svc").unwrap();
+            let one = Instance::new(svc.clone(), InstanceId::new("hb-1").unwrap(), Status::Running);
+            reg.register(&one, Duration::from_secs(600)).await.unwrap();
+            compare("registry/redis/heartbeat vs PEXPIRE", "(no target)", 200,
+                || { let mut c = raw.clone(); async move { redis::cmd("PEXPIRE").arg("sg:registry:service:bench-svc:hb-1").arg(600_000).query_async::<bool>(&mut c).await.unwrap(); } },
+                || async { assert!(reg.heartbeat(&svc, &one.id, Duration::from_secs(600)).await.unwrap()); }).await;
         }
-        let keys: Vec<String> = (0..10_000).map(|i| format!("sg:registry:service:bench-fleet:i-{i}")).collect();
-        compare("registry/redis/list_10k vs MGET of the known keys", "(figure)", 2,
-            || { let mut c = raw.clone(); let mut p = redis::pipe(); for ch in keys.chunks(1000) { p.cmd("MGET").arg(ch); }
-                 async move { p.query_async::<Vec<Vec<Option<Vec<u8>>>>>(&mut c).await.unwrap(); } },
-            || async { assert_eq!(reg.list(Some(&fleet)).await.unwrap().len(), 10_000); }).await;
+
+        if wants("registry/redis/list") {
+            let fleet = ServiceName::new("bench-fleet").unwrap();
+            let all: Vec<_> = (0..10_000).map(|i| Instance::new(fleet.clone(), InstanceId::new(format!("i-{i}")).unwrap(), Status::Running)).collect();
+            for chunk in all.chunks(500) {
+                for r in join_all(chunk.iter().map(|i| reg.register(i, Duration::from_secs(600)))).await { r.unwrap(); }
+            }
+            let keys: Vec<String> = (0..10_000).map(|i| format!("sg:registry:service:bench-fleet:i-{i}")).collect();
+            compare("registry/redis/list_10k vs MGET of the known keys", "(figure)", 2,
+                || { let mut c = raw.clone(); let mut p = redis::pipe(); for ch in keys.chunks(1000) { p.cmd("MGET").arg(ch); }
+                     async move { p.query_async::<Vec<Vec<Option<Vec<u8>>>>>(&mut c).await.unwrap(); } },
+                || async { assert_eq!(reg.list(Some(&fleet)).await.unwrap().len(), 10_000); }).await;
+        }
     });
 }
