@@ -118,7 +118,11 @@ impl Delivery {
     /// delivery only: it can still be acked or dead-lettered.
     pub fn envelope(&self) -> Result<Envelope> {
         Codec::new(self.max_bytes).decode(&self.body).map_err(|e| {
-            Error::new(e.kind(), format!("entry {} is not a fleetwire envelope", self.id)).with_source(e)
+            Error::new(
+                crate::ErrorKind::Codec,
+                format!("entry {} is not a fleetwire envelope", self.id),
+            )
+            .with_source(e)
         })
     }
 }
@@ -279,7 +283,10 @@ impl TrimPolicy {
     /// The same policy with another hard cap (keep-unacknowledged only).
     pub fn with_hard_cap(self, cap: u64) -> Self {
         match self {
-            Self::KeepUnacknowledged { overflow, .. } => Self::KeepUnacknowledged { hard_cap: cap, overflow },
+            Self::KeepUnacknowledged { overflow, .. } => Self::KeepUnacknowledged {
+                hard_cap: cap,
+                overflow,
+            },
             other => other,
         }
     }
