@@ -76,6 +76,9 @@ pub struct RunnerConfig {
     /// Handlers running at once (default 8); the runner never reads more
     /// entries than it has free slots.
     pub concurrency: usize,
+    /// Run each handler on a task of its own instead of inside the runner's
+    /// task (default false; turn on for CPU-heavy handlers).
+    pub spawn_handlers: bool,
     /// How long an entry may sit idle in a consumer's hands before another
     /// consumer takes it over (default 30 s). The runner renews the lease of
     /// entries it is still handling every third of this, so a slow handler is not stolen.
@@ -111,6 +114,7 @@ impl Default for RunnerConfig {
     fn default() -> Self {
         Self {
             concurrency: 8,
+            spawn_handlers: false,
             lease: Duration::from_secs(30),
             reap_every: Duration::from_secs(5),
             reap_batch: 100,

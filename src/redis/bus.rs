@@ -2,7 +2,7 @@ use super::{
     connection::{map_err, CancelSlot},
     guard::{Guarded, Orphan},
     keys::Keys,
-    parse::{self, BODY_FIELD},
+    parse::{self, IdArg, BODY_FIELD},
     scripts, Conn,
 };
 use crate::{
@@ -10,8 +10,8 @@ use crate::{
     clock,
     error::{Error, Result},
     name::{ConsumerName, GroupName, StreamName, Topic, TopicPattern},
-    Backlog, Capabilities, Claimed, Delivery, Envelope, EventBus, MessageId, PendingEntry, PendingSummary,
-    Overflow, ReadOptions, Release, StartFrom, TrimPolicy, StreamInfo, Subscription,
+    Backlog, Capabilities, Claimed, Delivery, Envelope, EventBus, MessageId, Overflow, PendingEntry,
+    PendingSummary, ReadOptions, Release, StartFrom, StreamInfo, Subscription, TrimPolicy,
 };
 use async_trait::async_trait;
 use redis::Value;
@@ -73,7 +73,10 @@ impl RedisBus {
         let max_len = self.config.max_len_of(stream);
         let policy = self.config.trim_of(stream);
         let TrimPolicy::KeepUnacknowledged { overflow, .. } = policy else {
-            let xadds = bodies.iter().map(|b| Self::xadd(stream, Some(max_len), b)).collect();
+            let xadds = bodies
+                .iter()
+                .map(|b| Self::xadd(stream, Some(max_len), b))
+                .collect();
             return self.append(stream, xadds).await;
         };
         let n = bodies.len() as u64;
@@ -87,8 +90,11 @@ impl RedisBus {
                 .await;
         }
         self.guard.add_len(stream, n);
-        self.append(stream, bodies.iter().map(|b| Self::xadd(stream, None, b)).collect())
-            .await
+        self.append(
+            stream,
+            bodies.iter().map(|b| Self::xadd(stream, None, b)).collect(),
+        )
+        .await
     }
 
     /// The keep-unacknowledged append script, retried while `overflow` says wait.
@@ -104,7 +110,11 @@ impl RedisBus {
             Overflow::Wait(d) => Instant::now().checked_add(d),
             _ => None,
         };
-        let mode = if overflow == Overflow::DropOldest { "drop" } else { "reject" };
+        let mode = if overflow == Overflow::DropOldest {
+            "drop"
+        } else {
+            "reject"
+        };
         let mut pause = Duration::from_millis(5);
         loop {
             let mut call = scripts::KEEP_ADD.key(stream.as_str());
@@ -143,7 +153,7 @@ impl RedisBus {
         if !acks.is_empty() {
             let ack = pipe.cmd("XACK").arg(stream.as_str()).arg(group.as_str());
             for id in acks {
-                ack.arg(id.to_string());
+                ack.arg(IdArg(*id));
             }
             pipe.ignore();
         }
@@ -218,7 +228,7 @@ impl RedisBus {
             Some(ids) => {
                 call.arg("ids");
                 for id in ids {
-                    call.arg(id.to_string());
+                    call.arg(IdArg(*id));
                 }
             }
         }
@@ -407,7 +417,7 @@ impl EventBus for RedisBus {
         let mut cmd = redis::cmd("XACK");
         cmd.arg(stream.as_str()).arg(group.as_str());
         for id in ids {
-            cmd.arg(id.to_string());
+            cmd.arg(IdArg(*id));
         }
         cmd.query_async(&mut self.conn.manager())
             .await
@@ -455,7 +465,7 @@ impl EventBus for RedisBus {
         let mut cmd = redis::cmd("XPENDING");
         cmd.arg(stream.as_str())
             .arg(group.as_str())
-            .arg(start.to_string())
+            .arg(IdArg(start))
             .arg("+")
             .arg(count_arg(count));
         if let Some(c) = consumer {
@@ -481,7 +491,7 @@ impl EventBus for RedisBus {
         let mut call = scripts::RENEW.key(stream.as_str());
         call.arg(group.as_str()).arg(consumer.as_str());
         for id in ids {
-            call.arg(id.to_string());
+            call.arg(IdArg(*id));
         }
         let held: Value = call
             .invoke_async(&mut self.conn.manager())
@@ -512,7 +522,7 @@ impl EventBus for RedisBus {
             .arg(mode)
             .arg(delay);
         for id in ids {
-            call.arg(id.to_string());
+            call.arg(IdArg(*id));
         }
         call.invoke_async(&mut self.conn.manager()).await.map_err(|e| {
             map_err(
@@ -536,7 +546,7 @@ impl EventBus for RedisBus {
             .key(dead_letters.as_str())
             .key(self.keys.due(stream, group))
             .arg(group.as_str())
-            .arg(id.to_string())
+            .arg(IdArg(id))
             .arg(max_len.max(1))
             .arg(BODY_FIELD)
             .arg(record)
@@ -560,7 +570,7 @@ impl EventBus for RedisBus {
         }
         let reply: Value = redis::cmd("XRANGE")
             .arg(stream.as_str())
-            .arg(start.to_string())
+            .arg(IdArg(start))
             .arg("+")
             .arg("COUNT")
             .arg(count_arg(count))
@@ -577,7 +587,7 @@ impl EventBus for RedisBus {
         let mut cmd = redis::cmd("XDEL");
         cmd.arg(stream.as_str());
         for id in ids {
-            cmd.arg(id.to_string());
+            cmd.arg(IdArg(*id));
         }
         cmd.query_async(&mut self.conn.manager())
             .await

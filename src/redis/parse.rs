@@ -50,6 +50,19 @@ pub(crate) fn message_id(v: &Value) -> Result<MessageId> {
     s.parse().map_err(|_| protocol("entry id is not `ms-seq`"))
 }
 
+/// An entry id as a command argument, written straight into the command
+/// buffer (no `String` per id on the ack path).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdArg(pub(crate) MessageId);
+
+impl redis::ToRedisArgs for IdArg {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        use std::io::Write;
+        // Writing into the command's own buffer cannot fail.
+        let _ = write!(out.writer_for_next_arg(), "{}-{}", self.0.ms, self.0.seq);
+    }
+}
+
 /// Key/value pairs of a RESP2 flat array or a RESP3 map.
 fn pairs(v: &Value) -> Option<Vec<(&Value, &Value)>> {
     match v {
@@ -266,7 +279,10 @@ pub(crate) fn keep_add_reply(v: &Value) -> Result<(u64, Option<Vec<MessageId>>)>
         .ok_or_else(|| protocol("append script reply is not [status, length, ...]"))?;
     let len = int(&parts[1]).ok_or_else(|| protocol("append script length"))?;
     match text(&parts[0]) {
-        Some(b"ok") => Ok((len, Some(parts[2..].iter().map(message_id).collect::<Result<_>>()?))),
+        Some(b"ok") => Ok((
+            len,
+            Some(parts[2..].iter().map(message_id).collect::<Result<_>>()?),
+        )),
         Some(b"full") => Ok((len, None)),
         _ => Err(protocol("append script status")),
     }
