@@ -181,7 +181,8 @@ impl Blocking {
             let pool = bb8::Pool::builder()
                 .max_size(pool_size.max(1))
                 .test_on_check_out(false)
-                .connection_timeout(connect_timeout)
+                // bb8 panics on a zero timeout.
+                .connection_timeout(connect_timeout.max(Duration::from_millis(1)))
                 .build_unchecked(BlockingManager(client.clone()));
             return Self::Pool(pool);
         }

@@ -124,17 +124,17 @@ impl RedisBackendBuilder {
         self
     }
 
-    /// Time to establish a connection (default 2 s).
+    /// Time to establish a connection (default 2 s; at least 1 ms).
     pub fn connect_timeout(mut self, d: Duration) -> Self {
-        self.connect_timeout = d;
+        self.connect_timeout = d.max(Duration::from_millis(1));
         self
     }
 
-    /// Time to wait for a reply, besides a read's own block time (default 2 s).
-    /// A registry or liveness call fails with a `Timeout` error after it,
-    /// whatever the connection was doing (connecting, retrying).
+    /// Time to wait for a reply, besides a read's own block time (default 2 s;
+    /// at least 1 ms). A registry or liveness call fails with a `Timeout`
+    /// error after it, whatever the connection was doing (connecting, retrying).
     pub fn response_timeout(mut self, d: Duration) -> Self {
-        self.response_timeout = d;
+        self.response_timeout = d.max(Duration::from_millis(1));
         self
     }
 
