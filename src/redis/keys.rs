@@ -60,6 +60,12 @@ impl Keys {
         format!("{}:registry:index:{service}", self.ns)
     }
 
+    /// Counter bumped whenever the members of `service`'s index change, so
+    /// a reader can keep the ids it read while the counter stays the same.
+    pub(crate) fn index_version(&self, service: &ServiceName) -> String {
+        format!("{}:registry:version:{service}", self.ns)
+    }
+
     /// Set of service names that have (or had) an index.
     pub(crate) fn services(&self) -> String {
         format!("{}:registry:services", self.ns)

@@ -3,71 +3,152 @@ use crate::{
     error::{Error, ErrorKind, Result},
     name::{InstanceId, ServiceName},
     registry::MAX_TTL,
-    rt, Capabilities, Instance, RegistryStore,
+    rt, Capabilities, Instance, RegistryStore, Status,
 };
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use redis::{RedisResult, Value};
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, LazyLock},
+    time::{Duration, Instant},
+};
 
 /// Keys per `MGET` when listing; the chunks go out in one pipeline.
 const MGET_CHUNK: usize = 1000;
+
+/// Bumps an index's version counter. A new counter starts at the server's
+/// time in microseconds, so a counter lost (flushed, deleted) never comes
+/// back at a value a reader saw before; one overwritten with anything else
+/// is replaced the same way (it holds nothing but the version).
+const BUMP: &str = r"
+local function bump(key)
+  local r = redis.pcall('INCR', key)
+  if r == 1 or (type(r) == 'table' and r.err) then
+    local t = redis.call('TIME')
+    redis.call('SET', key, t[1] .. string.format('%06d', tonumber(t[2])))
+  end
+end
+";
 
 /// Writes an instance key, its service's index and the set of services
 /// together, or nothing: a key of the wrong type at either set would make
 /// the entry unlistable, so it is reported instead of written around.
 ///
-/// KEYS: instance, index, services. ARGV: json, ttl ms, id, service.
+/// KEYS: instance, index, services, index version. ARGV: json, ttl ms, id, service.
 /// Returns `0`, or `{key, type}` of the first set key that is not a set.
-const REGISTER: &str = r"
+static REGISTER: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r"{BUMP}
 for i = 2, 3 do
   local t = redis.call('TYPE', KEYS[i]).ok
   if t ~= 'set' and t ~= 'none' then
-    return {KEYS[i], t}
+    return {{KEYS[i], t}}
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-redis.call('SADD', KEYS[2], ARGV[3])
+if redis.call('SADD', KEYS[2], ARGV[3]) == 1 then
+  bump(KEYS[4])
+end
 redis.call('SADD', KEYS[3], ARGV[4])
 return 0
-";
+"
+    )
+});
 
 /// Deletes an instance key and, when the index is a set, its id there.
 ///
-/// KEYS: instance, index. ARGV: id.
-const DEREGISTER: &str = r"
+/// KEYS: instance, index, index version. ARGV: id.
+static DEREGISTER: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r"{BUMP}
 redis.call('DEL', KEYS[1])
-if redis.call('TYPE', KEYS[2]).ok == 'set' then
-  redis.call('SREM', KEYS[2], ARGV[1])
+if redis.call('TYPE', KEYS[2]).ok == 'set' and redis.call('SREM', KEYS[2], ARGV[1]) == 1 then
+  bump(KEYS[3])
 end
 return 0
-";
+"
+    )
+});
 
 /// Drops ids from a service's index whose instance key is gone or is not a
 /// string, atomically, so an instance that re-registers meanwhile is never
 /// dropped by mistake; drops the service from the set of services once its
 /// index is empty. Touches only keys of the type it expects.
 ///
-/// KEYS: index, services, then the instance keys. ARGV: service, then the ids.
-/// Returns the ids whose key existed with another type.
-const PRUNE: &str = r"
-local wrong = {}
+/// KEYS: index, services, index version, then the instance keys.
+/// ARGV: service, then the ids. Returns the ids whose key existed with another type.
+static PRUNE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r"{BUMP}
+local wrong = {{}}
 if redis.call('TYPE', KEYS[1]).ok ~= 'set' then
   return wrong
 end
-for i = 3, #KEYS do
+local removed = 0
+for i = 4, #KEYS do
   local t = redis.call('TYPE', KEYS[i]).ok
   if t ~= 'string' then
-    redis.call('SREM', KEYS[1], ARGV[i - 1])
+    removed = removed + redis.call('SREM', KEYS[1], ARGV[i - 2])
     if t ~= 'none' then
-      wrong[#wrong + 1] = ARGV[i - 1]
+      wrong[#wrong + 1] = ARGV[i - 2]
     end
   end
+end
+if removed > 0 then
+  bump(KEYS[3])
 end
 if redis.call('SCARD', KEYS[1]) == 0 and redis.call('TYPE', KEYS[2]).ok == 'set' then
   redis.call('SREM', KEYS[2], ARGV[1])
 end
 return wrong
-";
+"
+    )
+});
+
+/// Adds ids found by the legacy scan to a service's index.
+///
+/// KEYS: index, services, index version. ARGV: service, then the ids.
+/// Returns how many were added, or -1 when the index is not a set.
+static ADOPT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        r"{BUMP}
+local t = redis.call('TYPE', KEYS[1]).ok
+if t ~= 'set' and t ~= 'none' then
+  return -1
+end
+local added = 0
+for i = 2, #ARGV, 1000 do
+  added = added + redis.call('SADD', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+if added > 0 then
+  bump(KEYS[3])
+end
+t = redis.call('TYPE', KEYS[2]).ok
+if t == 'set' or t == 'none' then
+  redis.call('SADD', KEYS[2], ARGV[1])
+end
+return added
+"
+    )
+});
+
+/// How long `list` trusts the ids it read of an index whose version did not
+/// change: only a writer that does not bump the version (a fleetwire before
+/// the version existed, a hand-made `SADD`) can make them stale, and only
+/// for this long.
+const INDEX_CACHE_MAX_AGE: Duration = Duration::from_secs(30);
+
+/// Services whose ids a registry keeps at most; past it the cache starts over.
+const INDEX_CACHE_MAX_SERVICES: usize = 4096;
+
+/// The sorted, valid ids of one service's index as of `version`.
+#[derive(Debug)]
+struct CachedIndex {
+    version: i64,
+    read_at: Instant,
+    ids: Arc<[InstanceId]>,
+}
 
 /// Redis [`RegistryStore`].
 ///
@@ -81,6 +162,11 @@ return wrong
 ///   so an `Ok` entry is always listable; when one of the sets holds a key of
 ///   another type it writes nothing and returns a
 ///   [`Conflict`](crate::ErrorKind::Conflict) error naming that key.
+/// - Every change to an index bumps its version (`{ns}:registry:version:{name}`)
+///   in the same script. A registry handle keeps the ids it read of each
+///   index and reads them again only when the version moved (or after 30 s,
+///   for writers that do not bump it, such as a hand-made `SADD`): a steady
+///   fleet of 10,000 is listed with one `GET` and the `MGET`s of its entries.
 /// - `list` skips, with a `registry_key_unreadable` warning, any key it
 ///   cannot read (a set or entry of the wrong type, an entry that is not
 ///   JSON): one bad key never fails the listing of the others.
@@ -93,6 +179,7 @@ pub struct RedisRegistry {
     conn: Arc<Conn>,
     keys: Keys,
     scripts: Arc<Scripts>,
+    index_cache: Arc<Mutex<HashMap<ServiceName, CachedIndex>>>,
 }
 
 #[derive(Debug)]
@@ -108,10 +195,11 @@ impl RedisRegistry {
             conn,
             keys,
             scripts: Arc::new(Scripts {
-                register: redis::Script::new(REGISTER),
-                deregister: redis::Script::new(DEREGISTER),
-                prune: redis::Script::new(PRUNE),
+                register: redis::Script::new(&REGISTER),
+                deregister: redis::Script::new(&DEREGISTER),
+                prune: redis::Script::new(&PRUNE),
             }),
+            index_cache: Default::default(),
         }
     }
 
@@ -140,10 +228,125 @@ impl RedisRegistry {
         Ok(names)
     }
 
+    /// The sorted ids in each service's index; an index of the wrong type
+    /// is skipped with a warning. Ids read before are reused while the
+    /// index's version is unchanged, so a steady fleet costs one `GET` per
+    /// service instead of reading every id again.
+    async fn read_indexes<'s>(
+        &self,
+        services: &'s [ServiceName],
+    ) -> Result<Vec<(&'s ServiceName, Arc<[InstanceId]>)>> {
+        let cached: Vec<Option<(i64, Arc<[InstanceId]>)>> = {
+            let cache = self.index_cache.lock();
+            services
+                .iter()
+                .map(|s| {
+                    cache
+                        .get(s)
+                        .filter(|c| c.read_at.elapsed() < INDEX_CACHE_MAX_AGE)
+                        .map(|c| (c.version, c.ids.clone()))
+                })
+                .collect()
+        };
+        let mut p = redis::pipe();
+        // A key of the wrong type fails its own reply, not the whole pipeline.
+        p.ignore_errors();
+        for (s, c) in services.iter().zip(&cached) {
+            // The version is read first: ids read after it are at least as new.
+            p.cmd("GET").arg(self.keys.index_version(s));
+            if c.is_none() {
+                p.cmd("SMEMBERS").arg(self.keys.index(s));
+            }
+        }
+        let mut conn = self.conn.manager();
+        let replies: Vec<RedisResult<Value>> = self
+            .conn
+            .run(|| "read registry index".into(), p.query_async(&mut conn))
+            .await?;
+        let mut replies = replies.into_iter();
+        let mut out = Vec::with_capacity(services.len());
+        let mut moved = Vec::new();
+        for (s, c) in services.iter().zip(cached) {
+            let version = version_of(replies.next());
+            match c {
+                Some((v, ids)) if Some(v) == version => out.push((s, ids)),
+                Some(_) => moved.push(s),
+                None => out.extend(self.members_read(s, version, replies.next()).map(|ids| (s, ids))),
+            }
+        }
+        if moved.is_empty() {
+            return Ok(out);
+        }
+        let mut p = redis::pipe();
+        p.ignore_errors();
+        for s in &moved {
+            p.cmd("GET").arg(self.keys.index_version(s));
+            p.cmd("SMEMBERS").arg(self.keys.index(s));
+        }
+        let replies: Vec<RedisResult<Value>> = self
+            .conn
+            .run(|| "read registry index".into(), p.query_async(&mut conn))
+            .await?;
+        let mut replies = replies.into_iter();
+        for s in moved {
+            let version = version_of(replies.next());
+            out.extend(self.members_read(s, version, replies.next()).map(|ids| (s, ids)));
+        }
+        out.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        Ok(out)
+    }
+
+    /// The ids of an `SMEMBERS` reply of `service`'s index, kept for reuse
+    /// while the index stays at `version`.
+    fn members_read(
+        &self,
+        service: &ServiceName,
+        version: Option<i64>,
+        reply: Option<RedisResult<Value>>,
+    ) -> Option<Arc<[InstanceId]>> {
+        let mut cache = self.index_cache.lock();
+        let ids: Arc<[InstanceId]> = match reply? {
+            Ok(v) => index_ids(v).into(),
+            Err(e) => {
+                cache.remove(service);
+                tracing::warn!(
+                    event = "registry_key_unreadable",
+                    key = %self.keys.index(service),
+                    error = %e,
+                    "skipped"
+                );
+                return None;
+            }
+        };
+        match version {
+            Some(version) if !ids.is_empty() => {
+                if cache.len() >= INDEX_CACHE_MAX_SERVICES {
+                    cache.clear();
+                }
+                let read_at = Instant::now();
+                let ids = ids.clone();
+                cache.insert(
+                    service.clone(),
+                    CachedIndex {
+                        version,
+                        read_at,
+                        ids,
+                    },
+                );
+            }
+            _ => {
+                cache.remove(service);
+            }
+        }
+        Some(ids)
+    }
+
     /// Best effort: a failure leaves the stale ids for the next `list`.
     async fn prune(&self, service: &ServiceName, ids: &[InstanceId]) {
         let mut inv = self.scripts.prune.key(self.keys.index(service));
-        inv.key(self.keys.services()).arg(service.as_str());
+        inv.key(self.keys.services())
+            .key(self.keys.index_version(service))
+            .arg(service.as_str());
         for id in ids {
             inv.key(self.keys.instance(service, id)).arg(id.as_str());
         }
@@ -203,6 +406,42 @@ fn index_ids(reply: Value) -> Vec<InstanceId> {
     ids
 }
 
+/// The fields an entry holds when nothing but them was written (fleetwire
+/// without metadata, the reference design's `{"status": ...}`).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KnownFields {
+    status: Status,
+    host: Option<String>,
+    pid: Option<u32>,
+    started_at: Option<u64>,
+}
+
+/// [`Instance::from_json`], without building a metadata map for entries
+/// that have none: any other shape, or an error, goes through `from_json`,
+/// so the result is always exactly its result.
+fn parse_entry(service: &ServiceName, id: InstanceId, json: &[u8]) -> Result<Instance> {
+    match serde_json::from_slice::<KnownFields>(json) {
+        Ok(k) => {
+            let mut i = Instance::new(service.clone(), id, k.status);
+            (i.host, i.pid, i.started_at_ms) = (k.host, k.pid, k.started_at);
+            Ok(i)
+        }
+        Err(_) => Instance::from_json(service.clone(), id, json),
+    }
+}
+
+/// The version counter of an index: absent reads as 0; anything but a
+/// number is never trusted.
+fn version_of(reply: Option<RedisResult<Value>>) -> Option<i64> {
+    match reply? {
+        Ok(Value::Nil) => Some(0),
+        Ok(Value::Int(v)) => Some(v),
+        Ok(Value::BulkString(b)) => std::str::from_utf8(&b).ok()?.parse().ok(),
+        _ => None,
+    }
+}
+
 /// The value of an `MGET` slot, kept as bytes.
 struct Slot(Option<Vec<u8>>);
 
@@ -223,6 +462,7 @@ impl RegistryStore for RedisRegistry {
         let mut inv = self.scripts.register.key(self.keys.instance(s, i));
         inv.key(self.keys.index(s))
             .key(self.keys.services())
+            .key(self.keys.index_version(s))
             .arg(instance.to_json())
             .arg(crate::backend_support::ttl_ms(ttl.min(MAX_TTL)))
             .arg(i.as_str())
@@ -267,7 +507,9 @@ impl RegistryStore for RedisRegistry {
 
     async fn deregister(&self, service: &ServiceName, id: &InstanceId) -> Result<()> {
         let mut inv = self.scripts.deregister.key(self.keys.instance(service, id));
-        inv.key(self.keys.index(service)).arg(id.as_str());
+        inv.key(self.keys.index(service))
+            .key(self.keys.index_version(service))
+            .arg(id.as_str());
         let mut conn = self.conn.manager();
         self.conn
             .run(
@@ -285,28 +527,12 @@ impl RegistryStore for RedisRegistry {
         if services.is_empty() {
             return Ok(Vec::new());
         }
-        let mut p = redis::pipe();
-        // A wrong-type index fails its own reply, not the whole pipeline.
-        p.ignore_errors();
-        for s in &services {
-            p.cmd("SMEMBERS").arg(self.keys.index(s));
-        }
-        let mut conn = self.conn.manager();
-        let replies: Vec<RedisResult<Value>> = self
-            .conn
-            .run(|| "read registry index".into(), p.query_async(&mut conn))
-            .await?;
-        let mut fleet: Vec<(&ServiceName, Vec<InstanceId>)> = Vec::with_capacity(services.len());
-        for (s, reply) in services.iter().zip(replies) {
-            match reply {
-                Ok(v) => fleet.push((s, index_ids(v))),
-                Err(e) => tracing::warn!(
-                    event = "registry_key_unreadable",
-                    key = %self.keys.index(s),
-                    error = %e,
-                    "skipped"
-                ),
-            }
+        let fleet = self.read_indexes(&services).await?;
+        if service.is_none() {
+            // Services gone from the set are not listed again: drop their ids.
+            self.index_cache
+                .lock()
+                .retain(|s, _| services.binary_search(s).is_ok());
         }
         let total: usize = fleet.iter().map(|(_, ids)| ids.len()).sum();
         if total == 0 {
@@ -318,6 +544,7 @@ impl RegistryStore for RedisRegistry {
                 p.cmd("MGET").arg(self.keys.instance_args(s, chunk));
             }
         }
+        let mut conn = self.conn.manager();
         let values: Vec<Vec<Slot>> = self
             .conn
             .run(|| "read registry entries".into(), p.query_async(&mut conn))
@@ -325,18 +552,22 @@ impl RegistryStore for RedisRegistry {
         let mut values = values.into_iter().flatten();
         // Services and ids were sorted before reading: the output is in order.
         let mut out = Vec::with_capacity(total);
-        let mut stale: BTreeMap<&ServiceName, Vec<InstanceId>> = BTreeMap::new();
-        for (s, ids) in fleet {
-            for (i, v) in ids.into_iter().zip(&mut values) {
+        let mut stale: Vec<(&ServiceName, Vec<InstanceId>)> = Vec::new();
+        for (s, ids) in &fleet {
+            let mut gone = Vec::new();
+            for (i, v) in ids.iter().zip(&mut values) {
                 match v.0 {
                     // Expired, deleted, or a key of another type (`MGET` reads those as nil).
-                    None => stale.entry(s).or_default().push(i),
-                    Some(json) => match Instance::from_json(s.clone(), i, &json) {
+                    None => gone.push(i.clone()),
+                    Some(json) => match parse_entry(s, i.clone(), &json) {
                         Ok(inst) => out.push(inst),
                         // Someone else's key under our prefix: skip it, keep listing.
                         Err(e) => tracing::warn!(event = "registry_entry_unreadable", error = %e),
                     },
                 }
+            }
+            if !gone.is_empty() {
+                stale.push((s, gone));
             }
         }
         for (s, ids) in stale {
@@ -385,6 +616,8 @@ pub(crate) fn spawn_adoption(conn: &Arc<Conn>, keys: Keys, every: Duration) {
 
 /// One `SCAN` pass; the number of ids added to an index.
 async fn adopt(conn: &Arc<Conn>, keys: &Keys) -> Result<u64> {
+    static SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(&ADOPT));
+    let script = &*SCRIPT;
     let pattern = keys.instance_scan_pattern();
     let mut manager = conn.manager();
     let mut cursor = 0u64;
@@ -408,28 +641,25 @@ async fn adopt(conn: &Arc<Conn>, keys: &Keys) -> Result<u64> {
         for (s, i) in found.iter().filter_map(|k| keys.parse_instance(k)) {
             by_service.entry(s).or_default().push(i);
         }
-        if !by_service.is_empty() {
-            let mut p = redis::pipe();
-            p.ignore_errors();
-            for (s, ids) in &by_service {
-                p.cmd("SADD")
-                    .arg(keys.index(s))
-                    .arg(ids.iter().map(InstanceId::as_str).collect::<Vec<_>>());
-                p.cmd("SADD").arg(keys.services()).arg(s.as_str()).ignore();
-            }
-            let replies: Vec<RedisResult<u64>> = conn
-                .run(|| "index registry keys".into(), p.query_async(&mut manager))
+        for (s, ids) in &by_service {
+            let mut inv = script.key(keys.index(s));
+            inv.key(keys.services())
+                .key(keys.index_version(s))
+                .arg(s.as_str())
+                .arg(ids.iter().map(InstanceId::as_str).collect::<Vec<_>>());
+            let n: i64 = conn
+                .run(
+                    || format!("index legacy registry keys of `{s}`"),
+                    inv.invoke_async(&mut manager),
+                )
                 .await?;
-            for ((s, _), r) in by_service.iter().zip(replies) {
-                match r {
-                    Ok(n) => added += n,
-                    Err(e) => tracing::warn!(
-                        event = "registry_key_unreadable",
-                        key = %keys.index(s),
-                        error = %e,
-                        "legacy keys of this service not adopted"
-                    ),
-                }
+            match u64::try_from(n) {
+                Ok(n) => added += n,
+                Err(_) => tracing::warn!(
+                    event = "registry_key_unreadable",
+                    key = %keys.index(s),
+                    "not a set: legacy keys of this service not adopted"
+                ),
             }
         }
         if next == 0 {
