@@ -72,3 +72,63 @@ mod redis {
         smol::block_on(async { on(bus(&server), "redis/smol").await });
     }
 }
+
+/// Every `Duration` setting of the runner at its extremes: no panic, the
+/// entry is handled, the runner stops when asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_accepts_extreme_durations() {
+    use fleetwire::{
+        consumer::{Backoff, HandlerResult, Runner},
+        service::Shutdown,
+        ConsumerName, Delivery, Envelope, GroupName, StreamName,
+    };
+    use std::time::Duration;
+    for d in [Duration::ZERO, Duration::from_nanos(1), Duration::MAX] {
+        let bus: Arc<dyn EventBus> = Arc::new(MemoryBus::new());
+        let s = StreamName::new("extreme").unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let tx = std::sync::Mutex::new(Some(tx));
+        let runner = Runner::builder(
+            bus.clone(),
+            s.clone(),
+            GroupName::new("g").unwrap(),
+            ConsumerName::new("c").unwrap(),
+        )
+        .lease(d.max(Duration::from_millis(3)))
+        .reaper(d, 1)
+        .backoff(Backoff::exponential(d, d))
+        .handler_timeout(d.max(Duration::from_millis(50)))
+        .drain_timeout(d)
+        .block(d.min(Duration::from_millis(100)))
+        .store_retry(d, d)
+        .handler(move |_d: Delivery| {
+            let tx = tx.lock().unwrap().take();
+            async move {
+                if let Some(tx) = tx {
+                    let _ = tx.send(());
+                }
+                HandlerResult::Ok(())
+            }
+        })
+        .build()
+        .unwrap_or_else(|e| panic!("{d:?}: {e}"));
+        let stop = Shutdown::default();
+        let task = tokio::spawn({
+            let (runner, stop) = (runner.clone(), stop.clone());
+            async move { runner.run(stop.wait()).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        bus.publish(&s, &Envelope::new("x")).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), rx)
+            .await
+            .unwrap_or_else(|_| panic!("{d:?}: entry never handled"))
+            .unwrap();
+        stop.trigger();
+        let counts = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .unwrap_or_else(|_| panic!("{d:?}: runner did not stop"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(counts.acked, 1, "{d:?}: {counts:?}");
+    }
+}

@@ -32,6 +32,9 @@ const BUSY_BLOCK: Duration = Duration::from_millis(250);
 /// slots free) before they go with a smaller one.
 const ACK_LINGER: Duration = Duration::from_millis(20);
 
+/// The shortest reaper and lease-renewal interval.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
 /// A hook called with each record written to the dead-letter stream.
 pub type OnDead = Arc<dyn Fn(&DeadLetter) + Send + Sync>;
 
@@ -217,8 +220,15 @@ impl RunnerBuilder {
         self
     }
 
-    /// Check the settings and build the runner.
-    pub fn build(self) -> Result<Runner> {
+    /// Check the settings and build the runner. Intervals are floored so
+    /// the loop never spins: the reaper runs at most every 10 ms, an idle read
+    /// blocks at least 1 ms, store retries wait at least 1 ms.
+    pub fn build(mut self) -> Result<Runner> {
+        let c = &mut self.config;
+        c.reap_every = c.reap_every.max(MIN_INTERVAL);
+        c.block = c.block.max(Duration::from_millis(1));
+        c.store_retry = c.store_retry.max(Duration::from_millis(1));
+        c.store_retry_max = c.store_retry_max.max(c.store_retry);
         let c = &self.config;
         let handler = self
             .handler
@@ -353,8 +363,8 @@ impl Session {
             read: None,
             riding: Vec::new(),
             recovering: Some(MessageId::ZERO),
-            next_reap: now + r.config.reap_every,
-            next_renew: now + r.config.lease / 3,
+            next_reap: later(now, r.config.reap_every),
+            next_renew: later(now, (r.config.lease / 3).max(MIN_INTERVAL)),
             paused_until: None,
             store_backoff,
             r,
@@ -399,12 +409,12 @@ impl Session {
                 self.after_store_call(step).await?;
                 continue;
             } else if now >= self.next_reap {
-                self.next_reap = now + self.r.config.reap_every;
+                self.next_reap = later(now, self.r.config.reap_every);
                 let step = self.reap().await;
                 self.after_store_call(step).await?;
                 continue;
             } else if now >= self.next_renew {
-                self.next_renew = now + self.r.config.lease / 3;
+                self.next_renew = later(now, (self.r.config.lease / 3).max(MIN_INTERVAL));
                 let step = self.renew().await;
                 self.after_store_call(step).await?;
                 continue;
@@ -440,7 +450,7 @@ impl Session {
     /// round trip), or when acks have waited long enough.
     fn wants_read(&self, now: Instant) -> bool {
         let free = self.free();
-        let acks_due = self.acks_since.is_some_and(|t| now >= t + ACK_LINGER);
+        let acks_due = self.acks_since.is_some_and(|t| now >= later(t, ACK_LINGER));
         free > 0
             && self.recovering.is_none()
             && (self.in_flight.is_empty() || free * 4 >= self.r.config.concurrency || acks_due)
@@ -471,7 +481,7 @@ impl Session {
         let now = Instant::now();
         let mut wake_at = self.next_reap.min(self.next_renew);
         if let (Some(t), None) = (self.acks_since, &self.read) {
-            wake_at = wake_at.min(t + ACK_LINGER);
+            wake_at = wake_at.min(later(t, ACK_LINGER));
         }
         if let Some(t) = self.paused_until.filter(|t| *t > now) {
             wake_at = t;
@@ -534,12 +544,12 @@ impl Session {
 
     fn pause(&mut self) {
         let d = self.next_backoff();
-        self.paused_until = Some(Instant::now() + d);
+        self.paused_until = Some(later(Instant::now(), d));
     }
 
     fn next_backoff(&mut self) -> Duration {
         let d = self.store_backoff;
-        self.store_backoff = (d * 2).min(self.r.config.store_retry_max);
+        self.store_backoff = d.saturating_mul(2).min(self.r.config.store_retry_max);
         d
     }
 
@@ -736,7 +746,7 @@ impl Session {
             // Whether its acks reached the store is unknown: acks are idempotent, resend them.
             self.acks.append(&mut self.riding);
         }
-        let deadline = Instant::now() + self.r.config.drain_timeout;
+        let deadline = later(Instant::now(), self.r.config.drain_timeout);
         while !self.in_flight.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             match rt::timeout(left, self.in_flight.next()).await {
@@ -843,4 +853,11 @@ fn spawn_handler(r: &Arc<Shared>, delivery: Delivery) -> BoxFuture<'static, Fini
     } else {
         Box::pin(call)
     }
+}
+
+/// `at + d`, or a century on when that does not fit: every `Duration` setting is accepted.
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(at)
 }
