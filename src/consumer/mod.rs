@@ -29,11 +29,13 @@
 mod config;
 mod dead_letter;
 mod handler;
+mod pause;
 mod runner;
 mod stats;
 
 pub use config::{Backoff, RunnerConfig};
 pub use dead_letter::{DeadEntry, DeadLetter, DeadLetters, Redriven};
+pub use pause::Pause;
 pub use handler::{typed, Action, Handler, HandlerError, HandlerResult, Typed};
 pub use runner::{OnDead, Runner, RunnerBuilder};
 pub use stats::{RunnerCounts, RunnerStats};

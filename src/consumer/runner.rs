@@ -87,6 +87,7 @@ struct Shared {
     config: RunnerConfig,
     handler: Arc<dyn Handler>,
     on_dead: Option<OnDead>,
+    pause: Option<super::Pause>,
     stats: Arc<RunnerStats>,
 }
 
@@ -111,6 +112,7 @@ pub struct RunnerBuilder {
     config: RunnerConfig,
     handler: Option<Arc<dyn Handler>>,
     on_dead: Option<OnDead>,
+    pause: Option<super::Pause>,
 }
 
 impl fmt::Debug for RunnerBuilder {
@@ -214,6 +216,12 @@ impl RunnerBuilder {
         self
     }
 
+    /// Stop taking new work while `pause` is on (the `quiet` control command).
+    pub fn pause_with(mut self, pause: super::Pause) -> Self {
+        self.pause = Some(pause);
+        self
+    }
+
     /// Called with each record written to the dead-letter stream.
     pub fn on_dead(mut self, hook: impl Fn(&DeadLetter) + Send + Sync + 'static) -> Self {
         self.on_dead = Some(Arc::new(hook));
@@ -255,6 +263,7 @@ impl RunnerBuilder {
                 config: self.config,
                 handler,
                 on_dead: self.on_dead,
+                pause: self.pause,
                 stats: Arc::default(),
             }),
         })
@@ -277,6 +286,7 @@ impl Runner {
             config: RunnerConfig::default(),
             handler: None,
             on_dead: None,
+            pause: None,
         }
     }
 
@@ -402,8 +412,22 @@ impl Session {
                 self.finish(done).await;
             }
             let now = Instant::now();
+            let quiet = self.r.pause.as_ref().is_some_and(|p| p.is_paused());
             if self.paused_until.is_some_and(|t| t > now) {
                 // Store trouble: only finish handlers until the pause ends.
+            } else if quiet {
+                // Quiet: take nothing new; finish, ack and renew what is in hand.
+                if self.read.is_none() && !self.acks.is_empty() {
+                    let step = self.flush_acks().await;
+                    self.after_store_call(step).await?;
+                    continue;
+                }
+                if now >= self.next_renew {
+                    self.next_renew = later(now, (self.r.config.lease / 3).max(MIN_INTERVAL));
+                    let step = self.renew().await;
+                    self.after_store_call(step).await?;
+                    continue;
+                }
             } else if self.free() > 0 && self.recovering.is_some() {
                 let step = self.recover_step().await;
                 self.after_store_call(step).await?;
@@ -448,6 +472,23 @@ impl Session {
 
     /// Read when idle, when a quarter of the slots are free (batches worth a
     /// round trip), or when acks have waited long enough.
+    /// Send the waiting acks on their own (when no read will carry them).
+    async fn flush_acks(&mut self) -> Result<()> {
+        let acks = std::mem::take(&mut self.acks);
+        self.acks_since = None;
+        let r = self.r.clone();
+        match r.bus.ack(&r.stream, &r.group, &acks).await {
+            Ok(_) => {
+                r.stats.add_acked(acks.len() as u64);
+                Ok(())
+            }
+            Err(e) => {
+                self.acks.extend(acks);
+                Err(e)
+            }
+        }
+    }
+
     fn wants_read(&self, now: Instant) -> bool {
         let free = self.free();
         let acks_due = self.acks_since.is_some_and(|t| now >= later(t, ACK_LINGER));
@@ -487,10 +528,14 @@ impl Session {
             wake_at = t;
         }
         let mut timer = pin!(rt::sleep(wake_at.saturating_duration_since(now)));
+        let mut flipped = self.r.pause.as_ref().map(|p| p.changed());
         let (in_flight, read) = (&mut self.in_flight, &mut self.read);
         poll_fn(|cx| {
             if stop.poll_unpin(cx).is_ready() {
                 return Poll::Ready(Wake::Stop);
+            }
+            if flipped.as_mut().is_some_and(|l| l.poll_unpin(cx).is_ready()) {
+                return Poll::Ready(Wake::Timer);
             }
             if let Poll::Ready(Some(done)) = in_flight.poll_next_unpin(cx) {
                 return Poll::Ready(Wake::Finished(done));

@@ -408,19 +408,20 @@ impl Lifecycle {
     /// The hard-fail gate: ping every configured store at once; with
     /// `store_required`, any failure aborts boot, naming the stores.
     async fn gate(&self) -> Result<()> {
-        let stores: Vec<Store> = self
-            .stores()
-            .into_iter()
-            .filter(|s| match s {
-                Store::Liveness(l, _) => l.available(),
-                _ => true,
-            })
-            .collect();
+        let stores: Vec<Store> = self.stores();
         let pings = join_all(stores.iter().map(|s| s.ping(self.op_timeout))).await;
         let mut failed: Vec<(&'static str, Error)> = stores
             .iter()
             .zip(pings)
-            .filter_map(|(s, r)| r.err().map(|e| (s.name(), e)))
+            .filter_map(|(s, r)| r.err().map(|e| (s, e)))
+            // A liveness store that stores nothing (no-op) answers with a
+            // permanent "unavailable": that is its contract, not an outage.
+            // `available()` alone cannot tell: a Redis store down at boot reports false too.
+            .filter(|(s, e)| match s {
+                Store::Liveness(l, _) => l.available() || e.is_temporary(),
+                _ => true,
+            })
+            .map(|(s, e)| (s.name(), e))
             .collect();
         if failed.is_empty() {
             if !stores.is_empty() {
@@ -495,7 +496,9 @@ impl Lifecycle {
                 loops.stop.clone(),
             )));
         }
-        if let Some(liveness) = self.liveness.as_ref().filter(|l| l.available()) {
+        // Started even when the store looks down now: it may come back, and
+        // touching a no-op store costs nothing.
+        if let Some(liveness) = self.liveness.as_ref() {
             loops.liveness = Some(rt::spawn(heartbeat::liveness_loop(
                 liveness.clone(),
                 id.clone(),
