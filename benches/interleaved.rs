@@ -596,6 +596,34 @@ fn main() {
                 || { let m = manager.clone(); let body = body.clone(); async move {
                     join_all((0..50).map(|_| { let (mut c, cmd) = (m.clone(), raw_xadd("bench:raw", &body)); async move { cmd.query_async::<String>(&mut c).await.unwrap() } })).await; } }).await;
         }
+        // Trim policies: the same raw `XADD MAXLEN ~` against fleetwire under
+        // DropOldest (the default, above) and KeepUnacknowledged. The stream
+        // has no group, so keep-unacknowledged trims by length: plain XADDs,
+        // plus one trimming script per tenth of the cap.
+        if wants("publish/trim") {
+            let keep = RedisBackend::builder()
+                .url(&url)
+                .max_len(10_000)
+                .trim_policy(fleetwire::TrimPolicy::keep_unacknowledged())
+                .build()
+                .unwrap()
+                .bus();
+            let keep_s = StreamName::new("bench:keep").unwrap();
+            compare("publish/trim/keep-unacked/sequential", "≤ 1.11×", 200,
+                || { let (mut c, cmd) = (raw.clone(), raw_xadd("bench:raw", &body)); async move { cmd.query_async::<String>(&mut c).await.unwrap(); } },
+                || async { keep.publish(&keep_s, &env).await.unwrap(); }).await;
+            compare("publish/trim/drop-oldest/sequential", "≤ 1.11×", 200,
+                || { let (mut c, cmd) = (raw.clone(), raw_xadd("bench:raw", &body)); async move { cmd.query_async::<String>(&mut c).await.unwrap(); } },
+                || async { rbus.publish(&fw_s, &env).await.unwrap(); }).await;
+            compare("publish/trim/keep-unacked/concurrent (50 at once)", "≤ 1.11×", 20,
+                || { let raw = raw.clone(); let body = body.clone(); async move {
+                    join_all((0..50).map(|_| { let (mut c, cmd) = (raw.clone(), raw_xadd("bench:raw", &body)); async move { cmd.query_async::<String>(&mut c).await.unwrap() } })).await; } },
+                || async { join_all((0..50).map(|_| keep.publish(&keep_s, &env))).await.into_iter().for_each(|r| { r.unwrap(); }); }).await;
+            compare("publish/trim/drop-oldest/concurrent (50 at once)", "≤ 1.11×", 20,
+                || { let raw = raw.clone(); let body = body.clone(); async move {
+                    join_all((0..50).map(|_| { let (mut c, cmd) = (raw.clone(), raw_xadd("bench:raw", &body)); async move { cmd.query_async::<String>(&mut c).await.unwrap() } })).await; } },
+                || async { join_all((0..50).map(|_| rbus.publish(&fw_s, &env))).await.into_iter().for_each(|r| { r.unwrap(); }); }).await;
+        }
         if wants("publish/redis/batch64") {
             let batch: Vec<Envelope> = (0..64).map(|_| envelope()).collect();
             compare("publish/redis/batch64", "≤ 1.11×", 20,

@@ -48,7 +48,11 @@ impl BusConfig {
         } else {
             self.stream_max_len.get(stream)
         };
-        custom.copied().unwrap_or(self.max_len).max(self.max_len_floor).max(1)
+        custom
+            .copied()
+            .unwrap_or(self.max_len)
+            .max(self.max_len_floor)
+            .max(1)
     }
 
     /// The trim policy of `stream`.
@@ -163,7 +167,11 @@ impl BacklogGuard {
         if streams.len() >= MAX_GUARDED_STREAMS {
             streams.clear();
         }
-        streams.entry(stream.clone()).or_default().est_len.store(len, Relaxed);
+        streams
+            .entry(stream.clone())
+            .or_default()
+            .est_len
+            .store(len, Relaxed);
     }
 
     /// Count `n` entries this process appended to `stream`.
@@ -179,7 +187,9 @@ impl BacklogGuard {
     /// Log `stream_backlog_high` if at risk and not warned within the interval.
     pub(crate) fn observe(&self, stream: &StreamName, now_ms: u64, sample: BacklogSample) {
         self.set_len(stream, sample.length);
-        if !self.policy.at_risk(sample.length, sample.pending, sample.max_len) && sample.trimmed_undelivered == 0 {
+        if !self.policy.at_risk(sample.length, sample.pending, sample.max_len)
+            && sample.trimmed_undelivered == 0
+        {
             return;
         }
         let due = match self.streams.read().get(stream) {
@@ -241,6 +251,13 @@ pub(crate) fn warn_backlog(stream: &StreamName, s: BacklogSample) {
             "stream backlog high: trimming may drop unread entries"
         );
     }
+}
+
+/// Where a stream without groups is trimmed to under `KeepUnacknowledged`:
+/// 90 % of its cap, so the next tenth of the cap are plain appends rather
+/// than one trimming script per publish.
+pub(crate) fn no_group_trim_len(max_len: u64) -> u64 {
+    max_len - max_len / 10
 }
 
 /// The refusal of a publish to a stream full by policy, the same from every backend.

@@ -260,7 +260,8 @@ pub enum TrimPolicy {
     DropOldest,
     /// Trim only entries every group has acknowledged (below each group's
     /// oldest pending entry and last delivered id): once the stream passes its
-    /// cap, all such entries go. A stream with no group trims by length only.
+    /// cap, all such entries go. A stream with no group trims by length only
+    /// (to 90 % of the cap, leaving room for plain appends).
     /// When unacknowledged entries alone reach `hard_cap`, a publish gets the
     /// `overflow` behaviour instead of silently losing data.
     KeepUnacknowledged {

@@ -5,8 +5,8 @@ use crate::{
     error::{Error, Result},
     name::{ConsumerName, GroupName, StreamName, Topic, TopicPattern},
     Backlog, BacklogPolicy, Capabilities, Claimed, Codec, Delivery, Envelope, EventBus, GroupInfo, MessageId,
-    Overflow, PendingEntry, PendingSummary, ReadOptions, Release, TrimPolicy, StartFrom, StreamInfo, Subscription,
-    SubscriptionStats, TopicEvent, TOPIC_BUFFER,
+    Overflow, PendingEntry, PendingSummary, ReadOptions, Release, StartFrom, StreamInfo, Subscription,
+    SubscriptionStats, TopicEvent, TrimPolicy, TOPIC_BUFFER,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -187,7 +187,9 @@ impl StreamState {
         let len = |st: &Self| st.entries.len() as u64;
         if len(self) + incoming > max_len {
             match self.safe_point() {
-                None => self.trim_to(max_len.saturating_sub(incoming)),
+                None => {
+                    self.trim_to(crate::backend_support::no_group_trim_len(max_len).saturating_sub(incoming))
+                }
                 Some(safe) => {
                     while self.entries.front().is_some_and(|(id, _)| *id < safe) {
                         self.entries.pop_front();
@@ -334,7 +336,12 @@ impl MemoryBus {
 
     /// Append `bodies` as the stream's trim policy allows, waiting for room
     /// when its overflow behaviour says so.
-    async fn append(&self, stream: &StreamName, bodies: &[Bytes], on_id: &mut (dyn FnMut(MessageId) + Send)) -> Result<()> {
+    async fn append(
+        &self,
+        stream: &StreamName,
+        bodies: &[Bytes],
+        on_id: &mut (dyn FnMut(MessageId) + Send),
+    ) -> Result<()> {
         let policy = self.inner.config.trim_of(stream);
         let deadline = match policy {
             TrimPolicy::KeepUnacknowledged {
@@ -397,7 +404,10 @@ impl MemoryBus {
                     .max()
                     .unwrap_or(0),
             };
-            let at_risk = inner.guard.policy().at_risk(sample.length, sample.pending, max_len)
+            let at_risk = inner
+                .guard
+                .policy()
+                .at_risk(sample.length, sample.pending, max_len)
                 || sample.trimmed_undelivered > 0;
             (at_risk && inner.guard.warn_due(&mut st.last_warn_ms, now)).then_some(sample)
         };
@@ -921,5 +931,6 @@ impl EventBus for MemoryBus {
 /// An instant a century away: "never" for timeouts that do not fit in an `Instant`.
 fn far_future() -> Instant {
     let now = Instant::now();
-    now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)).unwrap_or(now)
+    now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600))
+        .unwrap_or(now)
 }

@@ -164,7 +164,7 @@ return {1, held}
 /// past the cap, trim exactly the entries every group has acknowledged
 /// (`XTRIM MINID` at the lowest id some group still needs: its oldest
 /// pending entry, or the one after its last delivered); a stream without
-/// groups trims by length. At the hard cap, reject or (`drop`) trim by length.
+/// groups trims by length, to 90 % of the cap (`no_group_trim_len`). At the hard cap, reject or (`drop`) trim by length.
 ///
 /// KEYS: stream. ARGV: max_len, hard_cap, `reject` | `drop`, body field, bodies...
 /// Returns `{'ok', length, ids...}` or `{'full', length}`.
@@ -188,7 +188,7 @@ if len + n > max_len then
   local groups = redis.pcall('XINFO', 'GROUPS', key)
   if type(groups) ~= 'table' or groups.err then groups = {} end
   if #groups == 0 then
-    redis.call('XTRIM', key, 'MAXLEN', '=', math.max(max_len - n, 0))
+    redis.call('XTRIM', key, 'MAXLEN', '=', math.max(max_len - math.floor(max_len / 10) - n, 0))
   else
     local safe = nil
     for _, g in ipairs(groups) do
