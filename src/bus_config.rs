@@ -1,4 +1,6 @@
-//! Plumbing the backends share: bus settings, the backlog guard, TTL conversion.
+//! The bus settings every backend shares (caps, trim policies, codec) and
+//! the one backlog guard: per-stream sampling, length estimate and warning
+//! rate limit, bounded in size.
 // Each piece is used by at least one backend; which ones depend on the features on.
 #![cfg_attr(not(all(feature = "memory", feature = "redis")), allow(dead_code))]
 
@@ -7,7 +9,6 @@ use crate::{
     envelope::Codec,
     name::StreamName,
 };
-use std::time::Duration;
 
 /// Settings every bus backend shares (set through the backends' builders).
 #[derive(Debug, Clone)]
@@ -269,9 +270,4 @@ pub(crate) fn backpressure(stream: &StreamName, length: u64, hard_cap: u64) -> c
              and the hard cap is {hard_cap}; retry when consumers catch up"
         ),
     )
-}
-
-/// A TTL in whole milliseconds, at least 1 (Redis rejects `PX 0`).
-pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
-    (ttl.as_millis() as u64).max(1)
 }

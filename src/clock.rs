@@ -22,6 +22,12 @@ pub(crate) fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A TTL in whole milliseconds, at least 1 (Redis rejects `PX 0`), saturating.
+#[cfg_attr(not(any(feature = "memory", feature = "redis")), allow(dead_code))]
+pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
+    duration_ms(ttl).max(1)
+}
+
 /// A source of wall-clock time in milliseconds since the Unix epoch.
 pub trait Clock: Send + Sync + fmt::Debug {
     /// Now, in milliseconds since the Unix epoch.

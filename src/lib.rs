@@ -70,7 +70,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
-mod backend_support;
+mod bus_config;
 mod bus;
 mod capabilities;
 pub mod clock;

@@ -1,6 +1,6 @@
 use super::Outage;
 use crate::{
-    backend_support::{BacklogGuard, BacklogSample, BusConfig},
+    bus_config::{BacklogGuard, BacklogSample, BusConfig},
     clock::{self, SharedClock},
     error::{Error, Result},
     name::{ConsumerName, GroupName, StreamName, Topic, TopicPattern},
@@ -188,7 +188,7 @@ impl StreamState {
         if len(self) + incoming > max_len {
             match self.safe_point() {
                 None => {
-                    self.trim_to(crate::backend_support::no_group_trim_len(max_len).saturating_sub(incoming))
+                    self.trim_to(crate::bus_config::no_group_trim_len(max_len).saturating_sub(incoming))
                 }
                 Some(safe) => {
                     while self.entries.front().is_some_and(|(id, _)| *id < safe) {
@@ -361,7 +361,7 @@ impl MemoryBus {
                 }
                 Err(length) => {
                     let max_len = self.inner.config.max_len_of(stream);
-                    return Err(crate::backend_support::backpressure(
+                    return Err(crate::bus_config::backpressure(
                         stream,
                         length,
                         policy.hard_cap(max_len),
@@ -413,7 +413,7 @@ impl MemoryBus {
         };
         inner.appended.notify(usize::MAX);
         if let Some(sample) = warn {
-            crate::backend_support::warn_backlog(stream, sample);
+            crate::bus_config::warn_backlog(stream, sample);
         }
         Ok(())
     }

@@ -59,7 +59,7 @@ impl LivenessStore for MemoryLiveness {
         }
         map.insert(
             id.clone(),
-            now.saturating_add(crate::backend_support::ttl_ms(ttl.min(crate::registry::MAX_TTL))),
+            now.saturating_add(crate::clock::ttl_ms(ttl.min(crate::registry::MAX_TTL))),
         );
         Ok(())
     }

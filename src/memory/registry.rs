@@ -78,7 +78,7 @@ impl RegistryStore for MemoryRegistry {
             (instance.service.clone(), instance.id.clone()),
             (
                 instance.clone(),
-                now.saturating_add(crate::backend_support::ttl_ms(ttl.min(crate::registry::MAX_TTL))),
+                now.saturating_add(crate::clock::ttl_ms(ttl.min(crate::registry::MAX_TTL))),
             ),
         );
         Ok(())
@@ -90,7 +90,7 @@ impl RegistryStore for MemoryRegistry {
         let mut entries = self.entries.lock();
         match entries.get_mut(&(service.clone(), id.clone())) {
             Some((_, exp)) if *exp > now => {
-                *exp = now.saturating_add(crate::backend_support::ttl_ms(ttl.min(crate::registry::MAX_TTL)));
+                *exp = now.saturating_add(crate::clock::ttl_ms(ttl.min(crate::registry::MAX_TTL)));
                 Ok(true)
             }
             _ => Ok(false),

@@ -6,7 +6,7 @@ use super::{
     scripts, Conn,
 };
 use crate::{
-    backend_support::{BacklogGuard, BacklogSample, BusConfig},
+    bus_config::{BacklogGuard, BacklogSample, BusConfig},
     clock,
     error::{Error, Result},
     name::{ConsumerName, GroupName, StreamName, Topic, TopicPattern},
@@ -134,7 +134,7 @@ impl RedisBus {
                     crate::rt::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(100));
                 }
-                None => return Err(crate::backend_support::backpressure(stream, length, hard_cap)),
+                None => return Err(crate::bus_config::backpressure(stream, length, hard_cap)),
             }
         }
     }

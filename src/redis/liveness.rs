@@ -52,7 +52,7 @@ impl LivenessStore for RedisLiveness {
                     .arg(self.keys.liveness(id))
                     .arg(1)
                     .arg("PX")
-                    .arg(crate::backend_support::ttl_ms(ttl.min(MAX_TTL)))
+                    .arg(crate::clock::ttl_ms(ttl.min(MAX_TTL)))
                     .query_async::<()>(&mut conn),
             )
             .await

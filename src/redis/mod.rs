@@ -39,7 +39,7 @@ pub use liveness::RedisLiveness;
 pub use registry::RedisRegistry;
 
 use crate::{
-    backend_support::BusConfig,
+    bus_config::BusConfig,
     bus::BacklogPolicy,
     envelope::Codec,
     error::{Error, Result},

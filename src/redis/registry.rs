@@ -464,7 +464,7 @@ impl RegistryStore for RedisRegistry {
             .key(self.keys.services())
             .key(self.keys.index_version(s))
             .arg(instance.to_json())
-            .arg(crate::backend_support::ttl_ms(ttl.min(MAX_TTL)))
+            .arg(crate::clock::ttl_ms(ttl.min(MAX_TTL)))
             .arg(i.as_str())
             .arg(s.as_str());
         let mut conn = self.conn.manager();
@@ -499,7 +499,7 @@ impl RegistryStore for RedisRegistry {
                 || format!("heartbeat `{service}`/`{id}`"),
                 redis::cmd("PEXPIRE")
                     .arg(self.keys.instance(service, id))
-                    .arg(crate::backend_support::ttl_ms(ttl.min(MAX_TTL)))
+                    .arg(crate::clock::ttl_ms(ttl.min(MAX_TTL)))
                     .query_async(&mut conn),
             )
             .await
