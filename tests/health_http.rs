@@ -237,3 +237,130 @@ async fn shutdown_is_not_ready_and_deregistered_before_run_drains() {
     assert_eq!(mid_drain, 503, "the server answers not ready while run drains");
     assert!(returned >= DRAIN && stopped >= returned, "{events:?}");
 }
+
+#[test]
+fn limits_are_validated_and_extremes_accepted() {
+    use fleetwire::ErrorKind;
+    let builder = || HttpHealthServer::builder().addr(([127, 0, 0, 1], 0).into());
+    let kind = |r: fleetwire::Result<HttpHealthServer>| r.map(drop).unwrap_err().kind();
+    assert_eq!(
+        kind(builder().max_connections(0).build()),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        kind(builder().header_read_timeout(Duration::ZERO).build()),
+        ErrorKind::InvalidInput
+    );
+    assert_eq!(
+        kind(builder().idle_timeout(Duration::ZERO).build()),
+        ErrorKind::InvalidInput
+    );
+
+    // Deadlines past the end of time mean no deadline, not a panic.
+    let server = builder()
+        .max_connections(usize::MAX)
+        .header_read_timeout(Duration::MAX)
+        .idle_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    async_io::block_on(async {
+        let addr = server.start(Health::default()).await.unwrap().unwrap();
+        assert_eq!(get(addr, "GET", "/livez").await.0, 200);
+        server.stop().await.unwrap();
+    });
+}
+
+/// A request on a connection kept alive: the status, read by Content-Length.
+fn keep_alive_get(s: &mut TcpStream, path: &str) -> u16 {
+    write!(s, "GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed mid-response");
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8(raw).unwrap().to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    s.read_exact(&mut vec![0; len]).unwrap();
+    head.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+/// Whether the server closes `s` within `within`.
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).unwrap();
+    match s.read(&mut [0u8; 1]) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => panic!("unexpected bytes on an idle connection"),
+    }
+}
+
+/// A server whose readiness check takes 300 ms, and a kept-alive connection
+/// that has made one request.
+async fn server_with_an_idle_client() -> (HttpHealthServer, SocketAddr, TcpStream) {
+    let health = Health::new(Duration::from_secs(5));
+    health.add_check(HealthCheck::new("slow", || async {
+        async_io::Timer::after(Duration::from_millis(300)).await;
+        Ok(())
+    }));
+    health.set_booted(true);
+    let server = HttpHealthServer::new(([127, 0, 0, 1], 0).into());
+    let addr = server.start(health).await.unwrap().unwrap();
+    let idle = blocking::unblock(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(keep_alive_get(&mut s, "/livez"), 200);
+        s
+    })
+    .await;
+    assert_eq!(server.open_connections(), 1);
+    (server, addr, idle)
+}
+
+#[test]
+fn stop_closes_idle_connections_and_finishes_requests_in_flight() {
+    async_io::block_on(async {
+        let (server, addr, mut idle) = server_with_an_idle_client().await;
+        let in_flight = blocking::unblock(move || http(addr, "GET", "/readyz"));
+        async_io::Timer::after(Duration::from_millis(100)).await;
+        let start = std::time::Instant::now();
+        server.stop().await.unwrap();
+        let stopped_after = start.elapsed();
+        assert!(
+            stopped_after < Duration::from_millis(900),
+            "stop took {stopped_after:?}"
+        );
+        assert_eq!(in_flight.await.0, 200, "the request in flight was answered");
+        assert!(
+            blocking::unblock(move || closed_within(&mut idle, Duration::from_millis(500))).await,
+            "the kept-alive connection was left open"
+        );
+    });
+}
+
+#[test]
+fn a_dropped_stop_still_closes_connections() {
+    async_io::block_on(async {
+        let (server, addr, mut idle) = server_with_an_idle_client().await;
+        let in_flight = blocking::unblock(move || http(addr, "GET", "/readyz"));
+        async_io::Timer::after(Duration::from_millis(100)).await;
+        // `stop` waits for the request in flight; give up on it at once.
+        let stop = server.stop();
+        assert!(pending_after_one_poll(stop).await, "stop should still be waiting");
+        assert!(
+            blocking::unblock(move || closed_within(&mut idle, Duration::from_millis(500))).await,
+            "the kept-alive connection was left open"
+        );
+        assert_eq!(in_flight.await.0, 200, "the request in flight was answered");
+        assert!(TcpStream::connect(addr).is_err(), "still listening");
+    });
+}
+
+/// Poll `fut` once and drop it; whether it was still pending.
+async fn pending_after_one_poll<F: std::future::Future>(fut: F) -> bool {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx).is_pending())).await
+}

@@ -10,29 +10,101 @@
 //! Other paths are 404, other methods 405. Responses carry no error details
 //! or credentials; failed checks are logged instead. The server runs on
 //! async-io (via smol-hyper), so it works under any runtime.
+//!
+//! ## Limits
+//!
+//! | limit | default | builder method |
+//! |---|---|---|
+//! | open connections | [`DEFAULT_MAX_CONNECTIONS`] (1,024) | [`max_connections`](HttpHealthServerBuilder::max_connections) |
+//! | time to send a request's headers | [`DEFAULT_HEADER_READ_TIMEOUT`] (5 s) | [`header_read_timeout`](HttpHealthServerBuilder::header_read_timeout) |
+//! | time a kept-alive connection may idle between requests | [`DEFAULT_IDLE_TIMEOUT`] (15 s) | [`idle_timeout`](HttpHealthServerBuilder::idle_timeout) |
+//!
+//! The header timeout runs from accept, and on a kept-alive connection from
+//! the first byte of each later request, to the end of the headers; a client
+//! that dribbles its headers (slowloris) is closed when it passes.
+//!
+//! **At the cap, the server keeps accepting and closes the connection that
+//! has waited longest for a request** (idle, or still sending headers) to
+//! make room. Probes open a fresh connection and send their request at once,
+//! so they always get in while idle or slow clients fill the cap; stopping
+//! accepting instead would leave a probe in the kernel's queue behind them
+//! until a timeout freed a place, and the orchestrator would restart a
+//! healthy process. Only when every open connection is in the middle of a
+//! request is the new one closed at once, unanswered. Open sockets never
+//! exceed the cap.
+
+mod conn;
+mod routes;
 
 use crate::{
     error::{Error, Result},
-    health::{ComponentStatus, Health},
+    health::Health,
     rt::{self, TaskHandle},
     service::Shutdown,
     HealthServer,
 };
 use async_trait::async_trait;
-use bytes::Bytes;
+use conn::Connections;
 use futures_util::future::{select, Either};
-use http_body_util::Full;
-use hyper::{body::Incoming, header, Method, Request, Response, StatusCode};
 use parking_lot::Mutex;
-use std::{convert::Infallible, net::SocketAddr, pin::pin, time::Duration};
+use std::{net::SocketAddr, pin::pin, sync::Arc, time::Duration};
 
 /// Default port, as the reference design's `SG_HEALTH_PORT`.
 pub const DEFAULT_PORT: u16 = 9090;
 
+/// Default cap on open connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+
+/// Default time a client has to send a request's headers.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Default time a kept-alive connection may sit idle between requests:
+/// longer than the usual 10 s probe period, so a prober that reuses its
+/// connection keeps it.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long `stop` lets requests in flight finish before closing them.
+const STOP_GRACE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    max_connections: usize,
+    header_read_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+        }
+    }
+}
+
 /// The hyper health server.
+///
+/// Dropping a running server, or dropping the future of `stop`, closes its
+/// listener and asks every connection to close: idle ones at once, others
+/// after the response in flight.
+///
+/// ```
+/// use fleetwire::http::HttpHealthServer;
+/// use std::time::Duration;
+///
+/// let server = HttpHealthServer::builder()
+///     .addr(([127, 0, 0, 1], 0).into())
+///     .max_connections(256)
+///     .header_read_timeout(Duration::from_secs(2))
+///     .idle_timeout(Duration::from_secs(30))
+///     .build()?;
+/// # Ok::<_, fleetwire::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct HttpHealthServer {
     addr: SocketAddr,
+    limits: Limits,
     running: Mutex<Option<Running>>,
 }
 
@@ -40,32 +112,113 @@ pub struct HttpHealthServer {
 struct Running {
     local: SocketAddr,
     stop: Shutdown,
+    conns: Arc<Connections>,
     task: TaskHandle<()>,
 }
 
+/// Builds an [`HttpHealthServer`]; every setting has a default.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct HttpHealthServerBuilder {
+    addr: SocketAddr,
+    limits: Limits,
+}
+
+impl Default for HttpHealthServerBuilder {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl HttpHealthServerBuilder {
+    /// Listen on `addr` (port 0 picks a free port). Default `0.0.0.0:9090`.
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// Take the port from `SG_HEALTH_PORT` when it is set.
+    pub fn port_from_env(mut self) -> Result<Self> {
+        if let Ok(p) = std::env::var("SG_HEALTH_PORT") {
+            let port = p
+                .parse()
+                .map_err(|_| Error::invalid(format!("SG_HEALTH_PORT `{p}` is not a port")))?;
+            self.addr.set_port(port);
+        }
+        Ok(self)
+    }
+
+    /// Cap on open connections (at least 1). Default
+    /// [`DEFAULT_MAX_CONNECTIONS`]; see the [module docs](self) for what
+    /// happens at the cap.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.limits.max_connections = max;
+        self
+    }
+
+    /// Time a client has to send a request's headers (non-zero). Default
+    /// [`DEFAULT_HEADER_READ_TIMEOUT`].
+    pub fn header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.header_read_timeout = timeout;
+        self
+    }
+
+    /// Time a kept-alive connection may idle between requests (non-zero).
+    /// Default [`DEFAULT_IDLE_TIMEOUT`].
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.idle_timeout = timeout;
+        self
+    }
+
+    /// The server; `InvalidInput` for a cap of 0 or a zero timeout.
+    pub fn build(self) -> Result<HttpHealthServer> {
+        let l = self.limits;
+        if l.max_connections == 0 {
+            return Err(Error::invalid("health server max_connections must be at least 1"));
+        }
+        if l.header_read_timeout.is_zero() || l.idle_timeout.is_zero() {
+            return Err(Error::invalid("health server timeouts must be above zero"));
+        }
+        Ok(HttpHealthServer {
+            addr: self.addr,
+            limits: l,
+            running: Mutex::new(None),
+        })
+    }
+}
+
 impl HttpHealthServer {
-    /// A server that will listen on `addr` (port 0 picks a free port).
+    /// A server that will listen on `addr` (port 0 picks a free port), with
+    /// the default limits.
     pub fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
+            limits: Limits::default(),
             running: Mutex::new(None),
         }
     }
 
-    /// Listen on `0.0.0.0:$SG_HEALTH_PORT` (default 9090).
+    /// A builder, to set the address and limits.
+    pub fn builder() -> HttpHealthServerBuilder {
+        HttpHealthServerBuilder::default()
+    }
+
+    /// Listen on `0.0.0.0:$SG_HEALTH_PORT` (default 9090), default limits.
     pub fn from_env() -> Result<Self> {
-        let port = match std::env::var("SG_HEALTH_PORT") {
-            Ok(p) => p
-                .parse()
-                .map_err(|_| Error::invalid(format!("SG_HEALTH_PORT `{p}` is not a port")))?,
-            Err(_) => DEFAULT_PORT,
-        };
-        Ok(Self::new(SocketAddr::from(([0, 0, 0, 0], port))))
+        Self::builder().port_from_env()?.build()
     }
 
     /// The bound address while serving.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.running.lock().as_ref().map(|r| r.local)
+    }
+
+    /// Connections open now (0 when stopped).
+    pub fn open_connections(&self) -> usize {
+        self.running.lock().as_ref().map_or(0, |r| r.conns.len())
     }
 }
 
@@ -82,8 +235,20 @@ impl HealthServer for HttpHealthServer {
             .local_addr()
             .map_err(|e| Error::unavailable("health server address").with_source(e))?;
         let stop = Shutdown::default();
-        let task = rt::spawn(accept_loop(listener, health, stop.clone()));
-        *self.running.lock() = Some(Running { local, stop, task });
+        let conns = Connections::new(self.limits.max_connections);
+        let task = rt::spawn(accept_loop(
+            listener,
+            health,
+            stop.clone(),
+            conns.clone(),
+            self.limits,
+        ));
+        *self.running.lock() = Some(Running {
+            local,
+            stop,
+            conns,
+            task,
+        });
         Ok(Some(local))
     }
 
@@ -91,34 +256,44 @@ impl HealthServer for HttpHealthServer {
         let running = self.running.lock().take();
         if let Some(r) = running {
             r.stop.trigger();
+            // Asked here, not only by the accept loop, so a dropped `stop`
+            // future still closes them.
+            r.conns.close_all(false);
             r.task.join().await;
         }
         Ok(())
     }
 }
 
-async fn accept_loop(listener: async_net::TcpListener, health: Health, stop: Shutdown) {
+impl Drop for HttpHealthServer {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.get_mut().take() {
+            r.conns.close_all(false);
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: async_net::TcpListener,
+    health: Health,
+    stop: Shutdown,
+    conns: Arc<Connections>,
+    limits: Limits,
+) {
     loop {
         let accepted = match select(pin!(listener.accept()), pin!(stop.wait())).await {
             Either::Left((accepted, _)) => accepted,
-            Either::Right(_) => return,
+            Either::Right(_) => break,
         };
         match accepted {
             Ok((stream, _)) => {
-                let health = health.clone();
-                // One request per connection (no keep-alive), so these end by themselves.
-                rt::spawn_detached(async move {
-                    let service = hyper::service::service_fn(move |req| respond(req, health.clone()));
-                    let served = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(false)
-                        .timer(smol_hyper::rt::SmolTimer::new())
-                        .header_read_timeout(Duration::from_secs(5))
-                        .serve_connection(smol_hyper::rt::FuturesIo::new(stream), service)
-                        .await;
-                    if let Err(e) = served {
-                        tracing::debug!(event = "health_connection_failed", error = %e);
-                    }
-                });
+                let Some(slot) = conns.admit().await else {
+                    continue;
+                };
+                // One write per response, but a kept-alive connection must
+                // not wait on the client's delayed ACK for the next one.
+                let _ = stream.set_nodelay(true);
+                rt::spawn_detached(conn::serve(stream, slot, health.clone(), limits));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep serving.
@@ -127,60 +302,10 @@ async fn accept_loop(listener: async_net::TcpListener, health: Health, stop: Shu
             }
         }
     }
-}
-
-fn json(status: StatusCode, body: &impl serde::Serialize) -> Response<Full<Bytes>> {
-    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    let mut r = Response::new(Full::new(Bytes::from(bytes)));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
-    );
-    r
-}
-
-async fn respond(req: Request<Incoming>, health: Health) -> Result<Response<Full<Bytes>>, Infallible> {
-    let path = req.uri().path();
-    if !matches!(path, "/livez" | "/readyz" | "/health" | "/fleet") {
-        return Ok(json(
-            StatusCode::NOT_FOUND,
-            &serde_json::json!({"error": "not found"}),
-        ));
+    drop(listener);
+    conns.close_all(false);
+    if !conns.wait_empty(STOP_GRACE).await {
+        conns.close_all(true);
+        conns.wait_empty(STOP_GRACE).await;
     }
-    if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        let mut r = json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            &serde_json::json!({"error": "method not allowed"}),
-        );
-        r.headers_mut()
-            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
-        return Ok(r);
-    }
-    let code = |ok: bool| {
-        if ok {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-    };
-    Ok(match path {
-        "/livez" => json(StatusCode::OK, &serde_json::json!({"status": "ok"})),
-        "/readyz" => {
-            let report = health.report().await;
-            let ok = report.status == ComponentStatus::Ok;
-            json(code(ok), &serde_json::json!({"ready": ok}))
-        }
-        "/health" => {
-            let report = health.report().await;
-            json(code(report.status == ComponentStatus::Ok), &report)
-        }
-        _ => match health.fleet() {
-            Some(monitor) => json(StatusCode::OK, &monitor.snapshot()),
-            None => json(
-                StatusCode::NOT_FOUND,
-                &serde_json::json!({"error": "no fleet monitor"}),
-            ),
-        },
-    })
 }
