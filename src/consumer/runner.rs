@@ -331,7 +331,22 @@ struct Finished {
     result: HandlerResult,
 }
 
-type ReadCall = BoxFuture<'static, (Result<Vec<Delivery>>, Vec<MessageId>)>;
+/// What a read in flight reports.
+struct ReadDone {
+    got: Result<Vec<Delivery>>,
+    /// The acks that rode with it.
+    acks: Vec<MessageId>,
+    /// The slots it reserved.
+    asked: usize,
+    seq: u64,
+    blocking: bool,
+}
+
+type ReadCall = BoxFuture<'static, ReadDone>;
+
+/// Reads in flight at once: while the runner handles one batch, the store
+/// prepares the next (both within the free slots).
+const MAX_READS: usize = 2;
 
 /// The state of one `run`.
 struct Session {
@@ -343,9 +358,16 @@ struct Session {
     acks: Vec<MessageId>,
     /// Since when the oldest of them waits.
     acks_since: Option<Instant>,
-    read: Option<ReadCall>,
-    /// Acks sent with the read in flight: if that read is abandoned, they are resent.
-    riding: Vec<MessageId>,
+    reads: FuturesUnordered<ReadCall>,
+    /// Slots the reads in flight may fill.
+    reserved: usize,
+    /// Of which a blocking read's (it mostly comes back empty, so takeovers do not wait for it).
+    reserved_blocking: usize,
+    /// Acks sent with each read in flight, by sequence: resent if it is abandoned.
+    riding: Vec<(u64, Vec<MessageId>)>,
+    read_seq: u64,
+    /// Whether the last read came back full: entries are flowing, read ahead.
+    flowing: bool,
     /// Own pending entries still to take back after a restart, from this id on.
     recovering: Option<MessageId>,
     next_reap: Instant,
@@ -357,7 +379,7 @@ struct Session {
 enum Wake {
     Stop,
     Finished(Finished),
-    Read(Result<Vec<Delivery>>, Vec<MessageId>),
+    Read(ReadDone),
     Timer,
 }
 
@@ -370,8 +392,12 @@ impl Session {
             held: HashMap::new(),
             acks: Vec::new(),
             acks_since: None,
-            read: None,
+            reads: FuturesUnordered::new(),
+            reserved: 0,
+            reserved_blocking: 0,
             riding: Vec::new(),
+            read_seq: 0,
+            flowing: false,
             recovering: Some(MessageId::ZERO),
             next_reap: later(now, r.config.reap_every),
             next_renew: later(now, (r.config.lease / 3).max(MIN_INTERVAL)),
@@ -382,7 +408,15 @@ impl Session {
     }
 
     fn free(&self) -> usize {
-        self.r.config.concurrency.saturating_sub(self.in_flight.len())
+        self.r
+            .config
+            .concurrency
+            .saturating_sub(self.in_flight.len() + self.reserved)
+    }
+
+    /// Free slots for takeovers: an idle blocking read is not waited for.
+    fn free_for_takeover(&self) -> usize {
+        self.free() + self.reserved_blocking
     }
 
     /// Create the group, waiting out a store that is down; false when stopped first.
@@ -417,7 +451,7 @@ impl Session {
                 // Store trouble: only finish handlers until the pause ends.
             } else if quiet {
                 // Quiet: take nothing new; finish, ack and renew what is in hand.
-                if self.read.is_none() && !self.acks.is_empty() {
+                if self.reads.is_empty() && !self.acks.is_empty() {
                     let step = self.flush_acks().await;
                     self.after_store_call(step).await?;
                     continue;
@@ -428,7 +462,7 @@ impl Session {
                     self.after_store_call(step).await?;
                     continue;
                 }
-            } else if self.free() > 0 && self.recovering.is_some() {
+            } else if self.free_for_takeover() > 0 && self.recovering.is_some() {
                 let step = self.recover_step().await;
                 self.after_store_call(step).await?;
                 continue;
@@ -442,24 +476,37 @@ impl Session {
                 let step = self.renew().await;
                 self.after_store_call(step).await?;
                 continue;
-            } else if self.read.is_none() && self.wants_read(now) {
-                self.read = Some(self.start_read());
+            } else if self.wants_read(now) {
+                let call = self.start_read();
+                self.reads.push(call);
+                continue;
             }
             match self.wait(stop).await {
                 Wake::Stop => return Ok(()),
                 Wake::Finished(done) => self.finish(done).await,
-                Wake::Read(got, acks) => {
-                    self.read = None;
-                    self.riding.clear();
+                Wake::Read(ReadDone {
+                    got,
+                    acks,
+                    asked,
+                    seq,
+                    blocking,
+                }) => {
+                    self.reserved -= asked;
+                    if blocking {
+                        self.reserved_blocking -= asked;
+                    }
+                    self.riding.retain(|(s, _)| *s != seq);
                     let step = match got {
                         Ok(deliveries) => {
                             self.r.stats.add_acked(acks.len() as u64);
+                            self.flowing = deliveries.len() == asked;
                             self.dispatch(deliveries).await;
                             Ok(())
                         }
                         Err(e) => {
                             // Acks are idempotent: resend them with the next read.
                             self.acks.extend(acks);
+                            self.flowing = false;
                             Err(e)
                         }
                     };
@@ -470,8 +517,6 @@ impl Session {
         }
     }
 
-    /// Read when idle, when a quarter of the slots are free (batches worth a
-    /// round trip), or when acks have waited long enough.
     /// Send the waiting acks on their own (when no read will carry them).
     async fn flush_acks(&mut self) -> Result<()> {
         let acks = std::mem::take(&mut self.acks);
@@ -489,31 +534,63 @@ impl Session {
         }
     }
 
+    /// Read when idle, when a quarter of the slots are free (batches worth a
+    /// round trip), or when acks have waited long enough; a second read goes
+    /// out ahead only while entries are flowing.
     fn wants_read(&self, now: Instant) -> bool {
         let free = self.free();
+        let quarter = free * 4 >= self.r.config.concurrency;
+        if free == 0 || self.recovering.is_some() || self.reads.len() >= MAX_READS {
+            return false;
+        }
+        if !self.reads.is_empty() {
+            return self.flowing && quarter;
+        }
         let acks_due = self.acks_since.is_some_and(|t| now >= later(t, ACK_LINGER));
-        free > 0
-            && self.recovering.is_none()
-            && (self.in_flight.is_empty() || free * 4 >= self.r.config.concurrency || acks_due)
+        self.in_flight.is_empty() || quarter || acks_due
     }
 
     fn start_read(&mut self) -> ReadCall {
         let acks = std::mem::take(&mut self.acks);
         self.acks_since = None;
-        self.riding = acks.clone();
-        let block = if self.in_flight.is_empty() {
-            self.r.config.block
+        self.read_seq += 1;
+        let seq = self.read_seq;
+        if !acks.is_empty() {
+            self.riding.push((seq, acks.clone()));
+        }
+        let free = self.free();
+        // While entries flow, split the slots between two reads in flight.
+        let count = if self.flowing && self.reads.is_empty() {
+            free.div_ceil(2)
         } else {
-            self.r.config.block.min(BUSY_BLOCK)
+            free
         };
-        let options = ReadOptions::count(self.free()).block(block);
+        self.reserved += count;
+        let blocking = self.reads.is_empty();
+        if blocking {
+            self.reserved_blocking += count;
+        }
+        let mut options = ReadOptions::count(count);
+        if blocking {
+            options = options.block(if self.in_flight.is_empty() {
+                self.r.config.block
+            } else {
+                self.r.config.block.min(BUSY_BLOCK)
+            });
+        }
         let r = self.r.clone();
         Box::pin(async move {
             let got = r
                 .bus
                 .ack_and_read(&r.stream, &r.group, &r.consumer, &acks, options)
                 .await;
-            (got, acks)
+            ReadDone {
+                got,
+                acks,
+                asked: count,
+                seq,
+                blocking,
+            }
         })
     }
 
@@ -521,7 +598,7 @@ impl Session {
     async fn wait(&mut self, stop: &mut (impl Future<Output = ()> + Unpin)) -> Wake {
         let now = Instant::now();
         let mut wake_at = self.next_reap.min(self.next_renew);
-        if let (Some(t), None) = (self.acks_since, &self.read) {
+        if let (Some(t), true) = (self.acks_since, self.reads.is_empty()) {
             wake_at = wake_at.min(later(t, ACK_LINGER));
         }
         if let Some(t) = self.paused_until.filter(|t| *t > now) {
@@ -529,7 +606,7 @@ impl Session {
         }
         let mut timer = pin!(rt::sleep(wake_at.saturating_duration_since(now)));
         let mut flipped = self.r.pause.as_ref().map(|p| p.changed());
-        let (in_flight, read) = (&mut self.in_flight, &mut self.read);
+        let (in_flight, reads) = (&mut self.in_flight, &mut self.reads);
         poll_fn(|cx| {
             if stop.poll_unpin(cx).is_ready() {
                 return Poll::Ready(Wake::Stop);
@@ -540,10 +617,8 @@ impl Session {
             if let Poll::Ready(Some(done)) = in_flight.poll_next_unpin(cx) {
                 return Poll::Ready(Wake::Finished(done));
             }
-            if let Some(call) = read.as_mut() {
-                if let Poll::Ready((got, acks)) = call.as_mut().poll(cx) {
-                    return Poll::Ready(Wake::Read(got, acks));
-                }
+            if let Poll::Ready(Some(done)) = reads.poll_next_unpin(cx) {
+                return Poll::Ready(Wake::Read(done));
             }
             if timer.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Wake::Timer);
@@ -723,7 +798,13 @@ impl Session {
         let r = self.r.clone();
         let rows = r
             .bus
-            .pending_entries(&r.stream, &r.group, Some(r.consumer.clone()), from, self.free())
+            .pending_entries(
+                &r.stream,
+                &r.group,
+                Some(r.consumer.clone()),
+                from,
+                self.free_for_takeover(),
+            )
             .await?;
         let Some(last) = rows.last() else {
             self.recovering = None;
@@ -745,7 +826,7 @@ impl Session {
 
     /// Take over entries idle longer than the lease.
     async fn reap(&mut self) -> Result<()> {
-        let want = self.free().min(self.r.config.reap_batch);
+        let want = self.free_for_takeover().min(self.r.config.reap_batch);
         if want == 0 {
             return Ok(());
         }
@@ -784,13 +865,22 @@ impl Session {
         Ok(())
     }
 
+    /// Drop the reads in flight (cancel-safe) and take their acks back.
+    fn abandon_reads(&mut self) {
+        self.reads = FuturesUnordered::new();
+        self.reserved = 0;
+        self.reserved_blocking = 0;
+        for (_, acks) in self.riding.drain(..) {
+            self.acks.extend(acks);
+        }
+    }
+
     /// Stop reading, let handlers finish within the drain timeout, release the
     /// rest uncounted, send the acks, and leave the group if holding nothing.
     async fn drain(&mut self) {
-        if self.read.take().is_some() {
-            // Whether its acks reached the store is unknown: acks are idempotent, resend them.
-            self.acks.append(&mut self.riding);
-        }
+        // Whether the acks of abandoned reads reached the store is unknown:
+        // acks are idempotent, resend them.
+        self.abandon_reads();
         let deadline = later(Instant::now(), self.r.config.drain_timeout);
         while !self.in_flight.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -839,10 +929,8 @@ impl Drop for Session {
     /// The run future was dropped without a drain: hand back what it held, in the background.
     fn drop(&mut self) {
         let unfinished: Vec<MessageId> = self.held.drain().map(|(id, ())| id).collect();
-        let mut acks = std::mem::take(&mut self.acks);
-        if self.read.take().is_some() {
-            acks.append(&mut self.riding);
-        }
+        self.abandon_reads();
+        let acks = std::mem::take(&mut self.acks);
         if unfinished.is_empty() && acks.is_empty() {
             return;
         }
