@@ -32,6 +32,11 @@
 //! healthy process. Only when every open connection is in the middle of a
 //! request is the new one closed at once, unanswered. Open sockets never
 //! exceed the cap.
+//!
+//! The listen backlog is 1,024 (or the cap, if larger; the kernel may lower
+//! it to `net.core.somaxconn`), not the standard library's 128: a burst of
+//! connects larger than the backlog loses SYNs, and a client retries a lost
+//! SYN only after a second.
 
 mod conn;
 mod routes;
@@ -62,6 +67,9 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// longer than the usual 10 s probe period, so a prober that reuses its
 /// connection keeps it.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The listen backlog when the cap is smaller.
+const MIN_BACKLOG: usize = 1024;
 
 /// How long `stop` lets requests in flight finish before closing them.
 const STOP_GRACE: Duration = Duration::from_secs(1);
@@ -228,8 +236,7 @@ impl HealthServer for HttpHealthServer {
         if self.running.lock().is_some() {
             return Err(Error::invalid("health server is already running"));
         }
-        let listener = async_net::TcpListener::bind(self.addr)
-            .await
+        let listener = bind(self.addr, self.limits.max_connections.max(MIN_BACKLOG))
             .map_err(|e| Error::unavailable(format!("bind health server to {}", self.addr)).with_source(e))?;
         let local = listener
             .local_addr()
@@ -269,6 +276,40 @@ impl Drop for HttpHealthServer {
     fn drop(&mut self) {
         if let Some(r) = self.running.get_mut().take() {
             r.conns.close_all(false);
+        }
+    }
+}
+
+fn bind(addr: SocketAddr, backlog: usize) -> std::io::Result<async_net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    #[cfg(unix)]
+    if let Err(e) = backlog::raise(&listener, backlog) {
+        tracing::warn!(event = "health_backlog_not_raised", backlog, error = %e);
+    }
+    #[cfg(not(unix))]
+    let _ = backlog;
+    async_net::TcpListener::try_from(listener)
+}
+
+#[cfg(unix)]
+mod backlog {
+    use std::{ffi::c_int, os::fd::AsRawFd};
+
+    extern "C" {
+        fn listen(socket: c_int, backlog: c_int) -> c_int;
+    }
+
+    /// Listen again with a longer queue; POSIX lets a listening socket
+    /// change its backlog this way. The standard library's bind uses 128 and
+    /// no dependency of this crate exposes the call.
+    pub(super) fn raise(listener: &std::net::TcpListener, backlog: usize) -> std::io::Result<()> {
+        let backlog = c_int::try_from(backlog).unwrap_or(c_int::MAX);
+        // SAFETY: `listen` takes two integers and touches no memory of ours;
+        // the descriptor stays open for the borrow of `listener`.
+        if unsafe { listen(listener.as_raw_fd(), backlog) } == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
         }
     }
 }
