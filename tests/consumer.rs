@@ -199,3 +199,57 @@ async fn paused_runner_takes_nothing_new_until_resumed() {
     let counts = task.await.unwrap().unwrap();
     assert_eq!(counts.acked, 6, "{counts:?}");
 }
+
+/// A retry policy decides centrally: here a validation error is never retried.
+#[tokio::test]
+async fn retry_policy_maps_errors_to_outcomes() {
+    use fleetwire::{
+        consumer::{Action, DeadLetters, HandlerError, Runner},
+        service::Shutdown,
+        ConsumerName, Delivery, Envelope, GroupName, MessageId, StreamName,
+    };
+    use std::time::Duration;
+    let bus: Arc<dyn EventBus> = Arc::new(MemoryBus::new());
+    let s = StreamName::new("policy").unwrap();
+    let runner = Runner::builder(
+        bus.clone(),
+        s.clone(),
+        GroupName::new("g").unwrap(),
+        ConsumerName::new("c").unwrap(),
+    )
+    .block(Duration::from_millis(50))
+    .retry_policy(|err, _d| {
+        if err.reason().contains("validation") {
+            Action::DeadLetter
+        } else {
+            err.action()
+        }
+    })
+    .handler(|_d: Delivery| async { Err(HandlerError::retry("validation failed: no id")) })
+    .build()
+    .unwrap();
+    let stop = Shutdown::default();
+    let task = tokio::spawn({
+        let (runner, stop) = (runner.clone(), stop.clone());
+        async move { runner.run(stop.wait()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    bus.publish(&s, &Envelope::new("x")).await.unwrap();
+    let dlq = DeadLetters::new(bus.clone(), runner.dead_letter_stream().clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while dlq.len().await.unwrap() == 0 {
+        assert!(std::time::Instant::now() < deadline, "never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.trigger();
+    let counts = task.await.unwrap().unwrap();
+    assert_eq!((counts.retried, counts.dead_lettered), (0, 1), "{counts:?}");
+    let letter = dlq.list(MessageId::ZERO, 1).await.unwrap()[0]
+        .letter
+        .clone()
+        .unwrap();
+    assert_eq!(
+        (letter.attempts, letter.reason.as_str()),
+        (1, "validation failed: no id")
+    );
+}

@@ -37,5 +37,5 @@ pub use config::{Backoff, RunnerConfig};
 pub use dead_letter::{DeadEntry, DeadLetter, DeadLetters, Redriven};
 pub use pause::Pause;
 pub use handler::{typed, Action, Handler, HandlerError, HandlerResult, Typed};
-pub use runner::{OnDead, Runner, RunnerBuilder};
+pub use runner::{OnDead, RetryPolicy, Runner, RunnerBuilder};
 pub use stats::{RunnerCounts, RunnerStats};

@@ -38,6 +38,10 @@ const MIN_INTERVAL: Duration = Duration::from_millis(10);
 /// A hook called with each record written to the dead-letter stream.
 pub type OnDead = Arc<dyn Fn(&DeadLetter) + Send + Sync>;
 
+/// Decides what a failure leads to, from the error and the delivery (its
+/// attempt count included); see [`RunnerBuilder::retry_policy`].
+pub type RetryPolicy = Arc<dyn Fn(&HandlerError, &Delivery) -> Action + Send + Sync>;
+
 /// At-least-once consumption of one stream by one consumer of a group, over
 /// any [`EventBus`]: every entry ends acked or dead-lettered, never stranded.
 ///
@@ -87,6 +91,7 @@ struct Shared {
     config: RunnerConfig,
     handler: Arc<dyn Handler>,
     on_dead: Option<OnDead>,
+    policy: Option<RetryPolicy>,
     pause: Option<super::Pause>,
     stats: Arc<RunnerStats>,
 }
@@ -112,6 +117,7 @@ pub struct RunnerBuilder {
     config: RunnerConfig,
     handler: Option<Arc<dyn Handler>>,
     on_dead: Option<OnDead>,
+    policy: Option<RetryPolicy>,
     pause: Option<super::Pause>,
 }
 
@@ -216,6 +222,32 @@ impl RunnerBuilder {
         self
     }
 
+    /// Map failures to outcomes centrally (like Sidekiq's `retry_in`): called
+    /// with the handler's error and the delivery, it returns the action, which
+    /// replaces the one the error asked for. `max_deliveries` still applies.
+    ///
+    /// ```
+    /// # use fleetwire::consumer::{Action, RunnerBuilder};
+    /// # fn f(b: RunnerBuilder) -> RunnerBuilder {
+    /// b.retry_policy(|err, delivery| {
+    ///     if err.reason().contains("validation") {
+    ///         Action::DeadLetter
+    ///     } else if delivery.delivery_count > 3 {
+    ///         Action::RetryAfter(std::time::Duration::from_secs(60))
+    ///     } else {
+    ///         err.action()
+    ///     }
+    /// })
+    /// # }
+    /// ```
+    pub fn retry_policy(
+        mut self,
+        policy: impl Fn(&HandlerError, &Delivery) -> Action + Send + Sync + 'static,
+    ) -> Self {
+        self.policy = Some(Arc::new(policy));
+        self
+    }
+
     /// Stop taking new work while `pause` is on (the `quiet` control command).
     pub fn pause_with(mut self, pause: super::Pause) -> Self {
         self.pause = Some(pause);
@@ -263,6 +295,7 @@ impl RunnerBuilder {
                 config: self.config,
                 handler,
                 on_dead: self.on_dead,
+                policy: self.policy,
                 pause: self.pause,
                 stats: Arc::default(),
             }),
@@ -286,6 +319,7 @@ impl Runner {
             config: RunnerConfig::default(),
             handler: None,
             on_dead: None,
+            policy: None,
             pause: None,
         }
     }
@@ -707,14 +741,18 @@ impl Session {
     async fn fail(&mut self, d: Delivery, started_ms: u64, e: HandlerError) {
         let c = &self.r.config;
         let attempt = d.delivery_count;
-        let delay = match e.action() {
+        let action = match &self.r.policy {
+            Some(policy) => policy(&e, &d),
+            None => e.action(),
+        };
+        let delay = match action {
             Action::DeadLetter => None,
             _ if attempt >= c.max_deliveries => None,
             Action::RetryAfter(delay) => Some(delay),
             _ => Some(c.backoff.delay(attempt)),
         };
         let Some(delay) = delay else {
-            let reason = match e.action() {
+            let reason = match action {
                 Action::DeadLetter => e.reason().to_owned(),
                 _ => format!("gave up after {attempt} deliveries: {}", e.reason()),
             };
