@@ -280,38 +280,17 @@ impl Drop for HttpHealthServer {
     }
 }
 
+/// Bind with a listen queue of `backlog`: the standard library's 128 made
+/// bursts of probes wait for SYN retries (a ~1 s p99 at 200 connections).
 fn bind(addr: SocketAddr, backlog: usize) -> std::io::Result<async_net::TcpListener> {
-    let listener = std::net::TcpListener::bind(addr)?;
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As the standard library does on Unix: rebinding right after a restart works.
     #[cfg(unix)]
-    if let Err(e) = backlog::raise(&listener, backlog) {
-        tracing::warn!(event = "health_backlog_not_raised", backlog, error = %e);
-    }
-    #[cfg(not(unix))]
-    let _ = backlog;
-    async_net::TcpListener::try_from(listener)
-}
-
-#[cfg(unix)]
-mod backlog {
-    use std::{ffi::c_int, os::fd::AsRawFd};
-
-    extern "C" {
-        fn listen(socket: c_int, backlog: c_int) -> c_int;
-    }
-
-    /// Listen again with a longer queue; POSIX lets a listening socket
-    /// change its backlog this way. The standard library's bind uses 128 and
-    /// no dependency of this crate exposes the call.
-    pub(super) fn raise(listener: &std::net::TcpListener, backlog: usize) -> std::io::Result<()> {
-        let backlog = c_int::try_from(backlog).unwrap_or(c_int::MAX);
-        // SAFETY: `listen` takes two integers and touches no memory of ours;
-        // the descriptor stays open for the borrow of `listener`.
-        if unsafe { listen(listener.as_raw_fd(), backlog) } == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    }
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    async_net::TcpListener::try_from(std::net::TcpListener::from(socket))
 }
 
 async fn accept_loop(
