@@ -17,6 +17,9 @@
 //! [`monitor::FleetMonitor`] turns `system.{worker}.health` heartbeats into an
 //! ok / stale / unknown table; [`topology`] and [`request`] carry the stream
 //! layout and the request/reply pattern of the reference design.
+//! [`control`] is the fleet control daemon every lifecycle can run: signed,
+//! acknowledged restart / quiet / resume / ping / application commands to
+//! one instance, one service or the whole fleet, and rolling restarts.
 //!
 //! ## How the pieces fit
 //!
@@ -75,6 +78,7 @@ mod bus;
 mod capabilities;
 pub mod clock;
 pub mod consumer;
+pub mod control;
 mod envelope;
 mod error;
 mod fleet;

@@ -3,8 +3,9 @@
 
 use super::Shutdown;
 use crate::{
+    error::{Error, ErrorKind, Result},
     name::{Topic, TopicPattern},
-    rt, Envelope, EventBus, Instance, InstanceId, LivenessStore, RegistryStore,
+    rt, Envelope, EventBus, Instance, InstanceId, LivenessStore, RegistryStore, Status,
 };
 use futures_util::future::{select, Either};
 use std::{pin::pin, sync::Arc, time::Duration};
@@ -16,17 +17,67 @@ async fn tick_or_stop(interval: &mut rt::Interval, stop: &Shutdown) -> bool {
     matches!(select(wait, stopped).await, Either::Left(_))
 }
 
-/// Keep `running` registered: re-register in full on the first tick and
-/// whenever a heartbeat finds the entry gone or fails.
-pub(super) async fn registry_loop(
+/// The instance as announced in the registry: the heartbeat loop and the
+/// control daemon (`quiet` / `resume`) both write it, one at a time, so a
+/// status change is never overwritten by an older full registration.
+#[derive(Debug)]
+pub(crate) struct Announced {
+    instance: futures_util::lock::Mutex<Instance>,
     registry: Arc<dyn RegistryStore>,
-    running: Instance,
     ttl: Duration,
-    period: Duration,
     op_timeout: Duration,
-    stop: Shutdown,
-) {
-    let (s, i) = (running.service.clone(), running.id.clone());
+}
+
+impl Announced {
+    pub(super) fn new(
+        registry: Arc<dyn RegistryStore>,
+        instance: Instance,
+        ttl: Duration,
+        op_timeout: Duration,
+    ) -> Self {
+        Self {
+            instance: futures_util::lock::Mutex::new(instance),
+            registry,
+            ttl,
+            op_timeout,
+        }
+    }
+
+    async fn write(&self, instance: &Instance) -> Result<()> {
+        match rt::timeout(self.op_timeout, self.registry.register(instance, self.ttl)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "register `{}`/`{}`: no answer within {:?}",
+                    instance.service, instance.id, self.op_timeout
+                ),
+            )),
+        }
+    }
+
+    /// Register the instance in full, as it stands.
+    pub(super) async fn register(&self) -> Result<()> {
+        let instance = self.instance.lock().await;
+        self.write(&instance).await
+    }
+
+    /// Change the status and register it at once; later registrations keep it.
+    pub(super) async fn set_status(&self, status: Status) -> Result<()> {
+        let mut instance = self.instance.lock().await;
+        instance.status = status;
+        self.write(&instance).await
+    }
+}
+
+/// Keep the announced instance registered: re-register in full on the
+/// first tick and whenever a heartbeat finds the entry gone or fails.
+pub(super) async fn registry_loop(announced: Arc<Announced>, period: Duration, stop: Shutdown) {
+    let (registry, ttl, op_timeout) = (&announced.registry, announced.ttl, announced.op_timeout);
+    let (s, i) = {
+        let instance = announced.instance.lock().await;
+        (instance.service.clone(), instance.id.clone())
+    };
     let mut registered = false;
     let mut interval = rt::Interval::new(period);
     loop {
@@ -47,20 +98,17 @@ pub(super) async fn registry_loop(
                 }
             }
         }
-        match rt::timeout(op_timeout, registry.register(&running, ttl)).await {
-            Ok(Ok(())) => {
+        match announced.register().await {
+            Ok(()) => {
                 if !registered {
-                    tracing::info!(event = "service_registered", name = %s, id = %i, status = %running.status);
+                    let status = announced.instance.lock().await.status.clone();
+                    tracing::info!(event = "service_registered", name = %s, id = %i, status = %status);
                 }
                 registered = true;
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 registered = false;
                 tracing::error!(event = "service_registration_failed", name = %s, id = %i, error = %e);
-            }
-            Err(_) => {
-                registered = false;
-                tracing::error!(event = "service_registration_failed", name = %s, id = %i, error = "timeout");
             }
         }
         if !tick_or_stop(&mut interval, &stop).await {

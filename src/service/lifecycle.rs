@@ -1,5 +1,11 @@
-use super::{heartbeat, Context, Service, Shutdown};
+use super::{
+    control::{Controls, Executor},
+    heartbeat::{self, Announced},
+    Context, Service, Shutdown, EXIT_RESTART,
+};
 use crate::{
+    consumer::Pause,
+    control::{daemon::Daemon, ControlConfig, ControlCounts, ControlStats},
     error::{Error, ErrorKind, Result},
     health::{Health, HealthCheck},
     rt::{self, TaskHandle},
@@ -66,6 +72,12 @@ pub struct Lifecycle {
     op_timeout: Duration,
     shutdown_timeout: Duration,
     handle_signals: bool,
+    control: Option<ControlConfig>,
+    control_from_env: bool,
+    /// Why the control configuration from the environment is unusable; boot fails with it.
+    control_error: Option<String>,
+    controls: Arc<Controls>,
+    control_stats: Arc<ControlStats>,
 }
 
 /// Configures a [`Lifecycle`]; every setting has a documented default.
@@ -169,8 +181,44 @@ impl LifecycleBuilder {
         self
     }
 
-    /// Finish configuring.
-    pub fn build(self) -> Lifecycle {
+    /// Run the [fleet control](crate::control) daemon with this
+    /// configuration (default: with the key in `SG_CONTROL_KEY` when it is
+    /// set, else no daemon). It needs a [`bus`](Self::bus); without one it
+    /// is off, with a warning at boot.
+    pub fn control(mut self, config: ControlConfig) -> Self {
+        self.0.control = Some(config);
+        self
+    }
+
+    /// Run no control daemon, whatever `SG_CONTROL_KEY` says.
+    pub fn without_control(mut self) -> Self {
+        self.0.control = None;
+        self.0.control_from_env = false;
+        self
+    }
+
+    /// Finish configuring. Reads `SG_CONTROL_KEY` unless a control
+    /// configuration was given or refused; a key there too short makes boot
+    /// fail, naming it.
+    pub fn build(mut self) -> Lifecycle {
+        if self.0.control.is_none() && self.0.control_from_env {
+            match ControlConfig::from_env() {
+                Ok(config) => self.0.control = config,
+                Err(e) => self.0.control_error = Some(e.to_string()),
+            }
+        }
+        if self.0.control.is_some() {
+            let controls = self.0.controls.clone();
+            self.0.health.add_check(HealthCheck::new("quiet", move || {
+                let quiet = controls.is_quiet();
+                async move {
+                    match quiet {
+                        true => Err(Error::unavailable("the instance is quiet (control command)")),
+                        false => Ok(()),
+                    }
+                }
+            }));
+        }
         let op_timeout = self.0.op_timeout;
         for store in self.0.stores().into_iter().filter(Store::checks_readiness) {
             self.0.health.add_check(HealthCheck::new(store.name(), move || {
@@ -224,6 +272,7 @@ impl Store {
 /// The background loops boot started; stopped at the start of the drain.
 struct Loops {
     stop: Shutdown,
+    announced: Option<Arc<Announced>>,
     registry: Option<TaskHandle<()>>,
     liveness: Option<TaskHandle<()>>,
     health: Option<TaskHandle<()>>,
@@ -256,6 +305,11 @@ impl Lifecycle {
             op_timeout: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
             handle_signals: true,
+            control: None,
+            control_from_env: true,
+            control_error: None,
+            controls: Default::default(),
+            control_stats: Default::default(),
         }))
     }
 
@@ -267,6 +321,33 @@ impl Lifecycle {
     /// The health state the server reports.
     pub fn health(&self) -> &Health {
         &self.health
+    }
+
+    /// The pause switch `quiet` / `resume` flip (also [`Context::pause`]).
+    pub fn pause(&self) -> &Pause {
+        self.controls.pause()
+    }
+
+    /// Whether the instance is quiet now.
+    pub fn is_quiet(&self) -> bool {
+        self.controls.is_quiet()
+    }
+
+    /// Whether a `restart` control command ended the last run: the process
+    /// should exit with [`EXIT_RESTART`] (as [`run_process`](Self::run_process) does).
+    pub fn restart_requested(&self) -> bool {
+        self.controls.restart_requested()
+    }
+
+    /// Whether a control daemon runs (a key is configured); `None` after
+    /// `build` means none will.
+    pub fn control_config(&self) -> Option<&ControlConfig> {
+        self.control.as_ref()
+    }
+
+    /// Counters of the control daemon (all zero when none runs).
+    pub fn control_counts(&self) -> ControlCounts {
+        self.control_stats.snapshot()
     }
 
     /// Boot, run `service` until it returns or shutdown is asked, then shut
@@ -290,9 +371,18 @@ impl Lifecycle {
 
     /// [`run`](Self::run) for a process's `main`: exit code 0 after a clean
     /// shutdown (also when asked during boot), 1 when boot failed (the
-    /// hard-fail gate, `on_start`) or `run` failed.
+    /// hard-fail gate, `on_start`) or `run` failed, and [`EXIT_RESTART`]
+    /// (75) after a `restart` control command, however `run` ended.
     pub async fn run_process(&self, service: &dyn Service) -> std::process::ExitCode {
-        match self.run(service).await {
+        let out = self.run(service).await;
+        if self.restart_requested() {
+            if let Err(e) = &out {
+                tracing::error!(event = "service_exit_failure", name = %self.service, error = %e);
+            }
+            tracing::info!(event = "service_exit_restart", name = %self.service, code = EXIT_RESTART);
+            return std::process::ExitCode::from(EXIT_RESTART);
+        }
+        match out {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(event = "service_exit_failure", name = %self.service, error = %e);
@@ -303,13 +393,36 @@ impl Lifecycle {
     }
 
     async fn phases(&self, service: &dyn Service) -> Result<()> {
-        let Some((ctx, mut loops)) = self.boot(service).await? else {
+        let Some((ctx, mut loops, daemon)) = self.boot(service).await? else {
             return Ok(());
         };
-        let mut run = service.run(&ctx);
-        let returned = self.serve(&mut run).await;
-        let ended = self.drain(&mut loops, run, returned).await;
-        self.stop(service, &ctx, ended).await
+        // The daemon runs beside `run` in this task (it calls the service's
+        // hook, which is borrowed); `drain` waits for it to stop first.
+        let daemon_done = Shutdown::default();
+        let announced = loops.announced.clone();
+        let control = async {
+            if let Some(mut daemon) = daemon {
+                let exec = Executor {
+                    service,
+                    ctx: &ctx,
+                    controls: &self.controls,
+                    announced,
+                    health: &self.health,
+                    shutdown: &self.shutdown,
+                };
+                daemon.run(&exec, self.shutdown.wait()).await;
+                daemon_done.trigger();
+                daemon.leave().await;
+            }
+            daemon_done.trigger();
+        };
+        let main = async {
+            let mut run = service.run(&ctx);
+            let returned = self.serve(&mut run).await;
+            let ended = self.drain(&mut loops, run, returned, &daemon_done).await;
+            self.stop(service, &ctx, ended).await
+        };
+        join(control, main).await.1
     }
 
     /// Trigger shutdown on the first SIGTERM / SIGINT; never resolves.
@@ -337,11 +450,12 @@ impl Lifecycle {
     }
 
     /// Boot: jitter → store gate → `on_start` → register and start the
-    /// loops → health server. `None` when shutdown was asked before
-    /// `on_start` completed: nothing was registered and `on_stop` is not due.
-    async fn boot(&self, service: &dyn Service) -> Result<Option<(Context, Loops)>> {
+    /// loops → control group → health server. `None` when shutdown was asked
+    /// before `on_start` completed: nothing was registered and `on_stop` is not due.
+    async fn boot(&self, service: &dyn Service) -> Result<Option<(Context, Loops, Option<Daemon>)>> {
         let (name, id) = (&self.service, &self.instance);
         let started = Instant::now();
+        let boot_ms = self.controls.begin();
         tracing::info!(event = "service_boot_started", name = %name, id = %id);
         let interrupted = |phase: &'static str| {
             tracing::info!(event = "service_boot_interrupted", name = %name, id = %id, phase);
@@ -356,12 +470,17 @@ impl Lifecycle {
             None => return interrupted("store_gate"),
             Some(gate) => gate?,
         }
+        if let Some(why) = &self.control_error {
+            tracing::error!(event = "service_control_misconfigured", name = %name, error = %why);
+            return Err(Error::invalid(format!("boot of `{name}` aborted: {why}")));
+        }
         let ctx = Context {
             service: name.clone(),
             instance: id.clone(),
             health: self.health.clone(),
             shutdown: self.shutdown.clone(),
             started,
+            controls: self.controls.clone(),
         };
         match self.until_shutdown(service.on_start(&ctx)).await {
             None => return interrupted("on_start"),
@@ -373,6 +492,7 @@ impl Lifecycle {
         }
 
         let loops = self.announce(started).await;
+        let daemon = self.control_daemon(boot_ms).await;
         if let Some(server) = &self.health_server {
             match server.start(self.health.clone()).await {
                 Ok(Some(addr)) => tracing::info!(event = "health_server_started", %addr),
@@ -382,7 +502,39 @@ impl Lifecycle {
         }
         self.health.set_booted(true);
         tracing::info!(event = "service_boot_completed", name = %name, id = %id, boot_ms = millis(started.elapsed()));
-        Ok(Some((ctx, loops)))
+        Ok(Some((ctx, loops, daemon)))
+    }
+
+    /// Phase 8.5 of the reference: the control daemon's group, created right
+    /// after registration so commands are kept from here on; it reads once
+    /// boot is done. `None` without a key or a bus.
+    async fn control_daemon(&self, boot_ms: u64) -> Option<Daemon> {
+        let config = self.control.clone()?;
+        let (name, id) = (&self.service, &self.instance);
+        let Some(bus) = self.bus.clone() else {
+            tracing::warn!(event = "service_control_disabled", name = %name, id = %id, reason = "a control key is set but no bus");
+            return None;
+        };
+        let daemon = match Daemon::new(
+            bus,
+            config,
+            name.clone(),
+            id.clone(),
+            boot_ms,
+            self.op_timeout,
+            self.control_stats.clone(),
+        ) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(event = "service_control_disabled", name = %name, id = %id, error = %e);
+                return None;
+            }
+        };
+        // A failure here is retried by the daemon, which recreates a missing group.
+        if let Err(e) = daemon.subscribe().await {
+            tracing::error!(event = "control_group_create_failed", name = %name, id = %id, error = %e);
+        }
+        Some(daemon)
     }
 
     async fn jitter_sleep(&self) {
@@ -464,6 +616,7 @@ impl Lifecycle {
         let (name, id) = (&self.service, &self.instance);
         let mut loops = Loops {
             stop: Shutdown::default(),
+            announced: None,
             registry: None,
             liveness: None,
             health: None,
@@ -487,12 +640,16 @@ impl Lifecycle {
             }
             let mut running = self.instance_as(Status::Running).with_this_process();
             running.started_at_ms = Some(crate::clock::unix_ms().saturating_sub(millis(started.elapsed())));
-            loops.registry = Some(rt::spawn(heartbeat::registry_loop(
+            let announced = Arc::new(Announced::new(
                 registry.clone(),
                 running,
                 self.ttl,
-                period,
                 self.op_timeout,
+            ));
+            loops.announced = Some(announced.clone());
+            loops.registry = Some(rt::spawn(heartbeat::registry_loop(
+                announced,
+                period,
                 loops.stop.clone(),
             )));
         }
@@ -536,9 +693,15 @@ impl Lifecycle {
         loops: &mut Loops,
         run: BoxFuture<'_, Result<()>>,
         returned: Option<Result<()>>,
+        daemon_done: &Shutdown,
     ) -> Ended {
         tracing::info!(event = "service_shutdown_started", name = %self.service, id = %self.instance);
         self.shutdown.trigger();
+        self.health.set_stopping();
+        // The control daemon stops first, so no command acts mid-teardown.
+        if rt::timeout(self.op_timeout, daemon_done.wait()).await.is_err() {
+            tracing::warn!(event = "control_daemon_stop_timeout", name = %self.service, id = %self.instance);
+        }
         let withdraw = self.withdraw(loops);
         match returned {
             Some(out) => {

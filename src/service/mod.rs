@@ -12,14 +12,24 @@
 //! and [`Service::on_stop`] runs. A shutdown asked during boot ends it at
 //! once with nothing registered. Registry failures after boot are logged,
 //! never fatal.
+//!
+//! With a control key (the builder's [`control`](LifecycleBuilder::control)
+//! or `SG_CONTROL_KEY`) and a bus, the [fleet control](crate::control)
+//! daemon joins in: its group is created right after registration, it runs
+//! beside [`Service::run`] and is the first thing stopped at shutdown.
+//! `restart` shuts down and makes [`Lifecycle::run_process`] exit with
+//! [`EXIT_RESTART`]; `quiet` pauses [`Context::pause`], turns readiness 503
+//! and shows `quiet` in the registry, `resume` undoes it; application
+//! commands go to [`Service::on_command`].
 
+mod control;
 mod heartbeat;
 mod lifecycle;
 
 pub(crate) use heartbeat::health_pattern;
 pub use lifecycle::{Lifecycle, LifecycleBuilder};
 
-use crate::{error::Result, health::Health, InstanceId, ServiceName};
+use crate::{consumer::Pause, error::Result, health::Health, InstanceId, ServiceName};
 use async_trait::async_trait;
 use event_listener::Event;
 use std::{
@@ -50,7 +60,37 @@ pub trait Service: Send + Sync {
     /// Release what `on_start` and `run` stood up; runs after `run` returned
     /// (or was abandoned at the shutdown timeout) and the health server stopped.
     async fn on_stop(&self, ctx: &Context) -> Result<()>;
+    /// Run an application [control command](crate::control) (`pull`, say),
+    /// with its [`args`](crate::control::Command::args); the value returned
+    /// is reported to the sender as `done`, an error as `failed`. Runs
+    /// beside `run`, one command at a time, within the control
+    /// configuration's `exec_timeout`.
+    ///
+    /// The default handles nothing: an
+    /// [`Unsupported`](crate::ErrorKind::Unsupported) error, reported as
+    /// `ignored` (`unsupported: ...`).
+    ///
+    /// # Cancel safety
+    /// Dropped at its current await point when it runs past `exec_timeout`
+    /// or shutdown begins (reported as `failed`).
+    async fn on_command(
+        &self,
+        ctx: &Context,
+        command: &crate::control::Command,
+    ) -> Result<serde_json::Value> {
+        let _ = ctx;
+        Err(crate::Error::new(
+            crate::ErrorKind::Unsupported,
+            format!("service has no handler for control command `{}`", command.op),
+        ))
+    }
 }
+
+/// The exit code of [`Lifecycle::run_process`] after a `restart` control
+/// command: 75 (`EX_TEMPFAIL`, "try again"), so a supervisor that restarts
+/// on failure (systemd `Restart=on-failure`, a container's restart policy)
+/// starts the process again, and one can tell it from a crash (1).
+pub const EXIT_RESTART: u8 = 75;
 
 /// A one-way switch that tells every part of a process to stop.
 #[derive(Clone, Default)]
@@ -101,6 +141,7 @@ pub struct Context {
     health: Health,
     shutdown: Shutdown,
     started: Instant,
+    controls: Arc<control::Controls>,
 }
 
 impl Context {
@@ -132,5 +173,17 @@ impl Context {
     /// Time since the lifecycle started.
     pub fn uptime(&self) -> std::time::Duration {
         self.started.elapsed()
+    }
+
+    /// The lifecycle's pause switch, which `quiet` / `resume` flip: build
+    /// consumer runners with [`pause_with`](crate::consumer::RunnerBuilder::pause_with)
+    /// this, and they stop taking new work while the instance is quiet.
+    pub fn pause(&self) -> &Pause {
+        self.controls.pause()
+    }
+
+    /// Whether the instance is quiet (a `quiet` command, not yet resumed).
+    pub fn is_quiet(&self) -> bool {
+        self.controls.is_quiet()
     }
 }
