@@ -12,6 +12,7 @@
 
 pub mod bus;
 pub mod consumer;
+pub mod control;
 pub mod lifecycle;
 pub mod liveness;
 pub mod registry;
