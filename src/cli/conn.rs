@@ -1,0 +1,184 @@
+//! Global options and the connections every command shares.
+
+use crate::Failure;
+use fleetwire::{redis::RedisBackend, EventBus, InstanceId, RegistryStore, ServiceName, StreamName};
+use std::{sync::Arc, time::Duration};
+
+const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Global {
+    /// Redis URL [default: $SG_REDIS_URL, else $REDIS_URL, else redis://127.0.0.1:6379]
+    #[arg(long, global = true, value_name = "URL")]
+    redis: Option<String>,
+    /// Key namespace of the registry [default: $SG_NAMESPACE, else sg]
+    #[arg(long, global = true, value_name = "NS")]
+    namespace: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    /// Streams to show (`status`, `streams`); repeatable. Default: every stream in the database.
+    #[arg(long = "stream", global = true, value_name = "STREAM")]
+    streams: Vec<String>,
+}
+
+/// What a command works with.
+pub(crate) struct Ctx {
+    pub(crate) json: bool,
+    pub(crate) url: String,
+    pub(crate) namespace: String,
+    pub(crate) bus: Arc<dyn EventBus>,
+    pub(crate) registry: Arc<dyn RegistryStore>,
+    /// For what the crate's contracts do not offer: `SCAN TYPE stream`, `PTTL`.
+    raw: redis::aio::MultiplexedConnection,
+    streams: Vec<String>,
+}
+
+impl Ctx {
+    pub(crate) async fn connect(g: &Global) -> Result<Self, Failure> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let url = g
+            .redis
+            .clone()
+            .or_else(|| env("SG_REDIS_URL"))
+            .or_else(|| env("REDIS_URL"))
+            .unwrap_or_else(|| DEFAULT_URL.to_owned());
+        let namespace = g
+            .namespace
+            .clone()
+            .or_else(|| env("SG_NAMESPACE"))
+            .unwrap_or_else(|| "sg".to_owned());
+        let shown = redact(&url);
+        let mut builder = RedisBackend::builder()
+            .url(url.clone())
+            .namespace(namespace.clone())
+            .connect_timeout(CONNECT_TIMEOUT);
+        if let Some(n) = env("SG_STREAM_MAXLEN") {
+            let n = n
+                .parse()
+                .map_err(|_| Failure::Runtime(format!("SG_STREAM_MAXLEN `{n}` is not a number")))?;
+            builder = builder.max_len(n);
+        }
+        let backend = builder.build().map_err(|e| Failure::Runtime(e.to_string()))?;
+        let unreachable = |e: &dyn std::fmt::Display| {
+            Failure::Runtime(format!(
+                "cannot reach Redis at {shown}: {}",
+                redact(&e.to_string())
+            ))
+        };
+        backend.ping().await.map_err(|e| unreachable(&e))?;
+        let client = redis::Client::open(url.as_str()).map_err(|e| unreachable(&e))?;
+        let raw = tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
+            .await
+            .map_err(|_| unreachable(&"connect timed out"))?
+            .map_err(|e| unreachable(&e))?;
+        Ok(Self {
+            json: g.json,
+            url: shown,
+            namespace,
+            bus: Arc::new(backend.bus()),
+            registry: Arc::new(backend.registry()),
+            raw,
+            streams: g.streams.clone(),
+        })
+    }
+
+    fn raw_err(&self, what: &str, e: redis::RedisError) -> Failure {
+        Failure::Runtime(format!("{what} on {} failed: {e}", self.url))
+    }
+
+    /// The streams asked for with `--stream`, else every stream key of the
+    /// database (`SCAN TYPE stream`: the crate has no "list streams" call,
+    /// and stream keys are not namespaced), sorted.
+    pub(crate) async fn streams(&self) -> Result<Vec<StreamName>, Failure> {
+        let names = if self.streams.is_empty() {
+            self.scan_streams().await?
+        } else {
+            self.streams.clone()
+        };
+        names
+            .into_iter()
+            .map(|s| StreamName::new(s).map_err(Failure::from))
+            .collect()
+    }
+
+    /// Whether `--stream` named the streams (then a missing one is an error).
+    pub(crate) fn streams_named(&self) -> bool {
+        !self.streams.is_empty()
+    }
+
+    async fn scan_streams(&self) -> Result<Vec<String>, Failure> {
+        let mut conn = self.raw.clone();
+        let mut cursor: u64 = 0;
+        let mut out = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .arg("TYPE")
+                .arg("stream")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.raw_err("SCAN TYPE stream", e))?;
+            out.extend(keys);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    /// Remaining TTL of an instance's registry key, in ms (`None`: no key or no TTL).
+    pub(crate) async fn instance_ttl_ms(
+        &self,
+        service: &ServiceName,
+        id: &InstanceId,
+    ) -> Result<Option<u64>, Failure> {
+        // The reference design's key layout, which the registry keeps on purpose.
+        let key = format!("{}:registry:service:{service}:{id}", self.namespace);
+        let mut conn = self.raw.clone();
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.raw_err("PTTL", e))?;
+        Ok(u64::try_from(ttl).ok())
+    }
+}
+
+/// `redis://user:secret@host` → `redis://user:***@host`, anywhere in `s`.
+pub(crate) fn redact(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        let authority_end = tail.find(['/', ' ', '\n']).unwrap_or(tail.len());
+        match tail[..authority_end].rfind('@') {
+            Some(at) => {
+                let userinfo = &tail[..at];
+                match userinfo.find(':') {
+                    Some(colon) => {
+                        out.push_str(&userinfo[..colon]);
+                        out.push_str(":***");
+                    }
+                    None => out.push_str(userinfo),
+                }
+                rest = &tail[at..];
+            }
+            None => rest = tail,
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// A missing stream asked for by name is "not found" (exit 3).
+pub(crate) fn missing_stream(stream: &StreamName) -> Failure {
+    Failure::NotFound(format!("stream `{stream}` not found"))
+}
