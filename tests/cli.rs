@@ -55,6 +55,7 @@ fn json(url: &str, args: &[&str]) -> Value {
     args.push("--json");
     let r = fleetwire(url, &args);
     assert_eq!(r.code, 0, "fleetwire {args:?} failed: {}", r.stderr);
+    println!("$ fleetwire {}\n{}", args.join(" "), r.stdout);
     serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {}", r.stdout))
 }
 
@@ -374,4 +375,24 @@ fn unreachable_redis_is_one_line_naming_the_url_without_its_password() {
         );
         assert!(!stderr.contains("s3cret"), "{stderr}");
     }
+}
+
+#[test]
+fn wrong_password_is_refused_credentials_without_the_password() {
+    let Some(server) = support::RedisServer::start_with(&["--requirepass", "right-one"]) else {
+        return;
+    };
+    let url = format!("redis://:wrong-one@127.0.0.1:{}", server.port);
+    let stderr = fails(&url, &["members"], 1);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "fleetwire: Redis at redis://:***@127.0.0.1:{} refused the credentials",
+            server.port
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("wrong-one"), "{stderr}");
+    let ok_url = format!("redis://:right-one@127.0.0.1:{}", server.port);
+    assert_eq!(json(&ok_url, &["members"]), serde_json::json!([]));
 }

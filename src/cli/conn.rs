@@ -1,7 +1,9 @@
 //! Global options and the connections every command shares.
 
 use crate::Failure;
-use fleetwire::{redis::RedisBackend, EventBus, InstanceId, RegistryStore, ServiceName, StreamName};
+use fleetwire::{
+    redis::RedisBackend, ErrorKind, EventBus, InstanceId, RegistryStore, ServiceName, StreamName,
+};
 use std::{sync::Arc, time::Duration};
 
 const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
@@ -67,7 +69,13 @@ impl Ctx {
                 redact(&e.to_string())
             ))
         };
-        backend.ping().await.map_err(|e| unreachable(&e))?;
+        backend.ping().await.map_err(|e| match e.kind() {
+            ErrorKind::Authentication => Failure::Runtime(format!(
+                "Redis at {shown} refused the credentials: {}",
+                redact(&e.to_string())
+            )),
+            _ => unreachable(&e),
+        })?;
         let client = redis::Client::open(url.as_str()).map_err(|e| unreachable(&e))?;
         let raw = tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
             .await
