@@ -11,13 +11,14 @@ use crate::{
 };
 use futures_util::future::join_all;
 use std::{
-    collections::BTreeMap,
     fmt,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 type Progress = Arc<dyn Fn(&RollingEvent) + Send + Sync>;
+/// Which process runs an instance, as registered: host, pid, start time.
+type Process = (Option<String>, Option<u32>, Option<u64>);
 
 /// How a rolling restart proceeds.
 #[derive(Clone)]
@@ -36,7 +37,7 @@ pub struct RollingOptions {
     pub ack_within: Duration,
     /// Time a roll call waits for answers (default 2 s).
     pub ping_within: Duration,
-    /// Pause between two readiness checks (default 200 ms).
+    /// Pause between two readiness checks (default 100 ms).
     pub poll_every: Duration,
     on_progress: Option<Progress>,
 }
@@ -62,7 +63,7 @@ impl Default for RollingOptions {
             back_within: Duration::from_secs(60),
             ack_within: Duration::from_secs(10),
             ping_within: Duration::from_secs(2),
-            poll_every: Duration::from_millis(200),
+            poll_every: Duration::from_millis(100),
             on_progress: None,
         }
     }
@@ -228,6 +229,7 @@ impl ControlClient {
                 service: service.clone(),
                 instance: id.clone(),
             };
+            let before = self.process_of(service, id).await?.map(|(_, p)| p);
             let sent = Instant::now();
             let results = self
                 .call(target, Op::Restart, serde_json::Value::Null, options.ack_within)
@@ -244,7 +246,9 @@ impl ControlClient {
                         .map(str::to_owned)
                 })
                 .unwrap_or_default();
-            let took = self.wait_back(service, id, &old_boot, sent, options).await?;
+            let took = self
+                .wait_back(service, id, before, &old_boot, sent, options)
+                .await?;
             options.emit(RollingEvent::Back(id.clone(), took));
             Ok((id.clone(), took))
         });
@@ -292,12 +296,27 @@ impl ControlClient {
         }
     }
 
-    /// Wait until `id` answers as ready from a new process (boot id other
-    /// than `old_boot`) and is listed as running; the time since `sent`.
+    /// Where the registry says `id` runs: host, pid and start time.
+    async fn process_of(&self, service: &ServiceName, id: &InstanceId) -> Result<Option<(Status, Process)>> {
+        let Some(registry) = &self.registry else {
+            return Ok(None);
+        };
+        Ok(registry
+            .list(Some(service))
+            .await?
+            .into_iter()
+            .find(|i| &i.id == id)
+            .map(|i| (i.status, (i.host, i.pid, i.started_at_ms))))
+    }
+
+    /// Wait until `id` is listed as running by another process than
+    /// `before`, then until it answers a ping as ready with a boot id other
+    /// than `old_boot`; the time since `sent`.
     async fn wait_back(
         &self,
         service: &ServiceName,
         id: &InstanceId,
+        before: Option<Process>,
         old_boot: &str,
         sent: Instant,
         options: &RollingOptions,
@@ -307,35 +326,31 @@ impl ControlClient {
             service: service.clone(),
             instance: id.clone(),
         };
-        let mut last = String::from("no answer");
+        let mut last = String::from("not listed");
+        // A ping sent before the new process's control group exists is never
+        // seen: start with short waits and lengthen them for a slow instance.
+        let mut ping_wait = Duration::from_millis(250).min(options.ping_within);
         while Instant::now() < deadline {
-            let ping = self
-                .call(
-                    target.clone(),
-                    Op::Ping,
-                    serde_json::Value::Null,
-                    options.ping_within,
-                )
-                .await?;
-            match ping_state(&ping, id) {
-                Some((true, boot)) if boot != old_boot => {
-                    let listed: BTreeMap<InstanceId, Status> = match &self.registry {
-                        Some(r) => r
-                            .list(Some(service))
-                            .await?
-                            .into_iter()
-                            .map(|i| (i.id, i.status))
-                            .collect(),
-                        None => BTreeMap::new(),
-                    };
-                    match listed.get(id) {
-                        Some(Status::Running) => return Ok(sent.elapsed()),
-                        other => last = format!("ready, registry status {other:?}"),
+            match self.process_of(service, id).await? {
+                Some((Status::Running, now)) if Some(&now) != before.as_ref() => {
+                    let ping = self
+                        .call(target.clone(), Op::Ping, serde_json::Value::Null, ping_wait)
+                        .await?;
+                    match ping_state(&ping, id) {
+                        Some((true, boot)) if boot != old_boot => return Ok(sent.elapsed()),
+                        Some((true, _)) => last = "answering from the old process".into(),
+                        Some((false, _)) => last = "not ready".into(),
+                        None => {
+                            last = "no answer to a ping".into();
+                            ping_wait = (ping_wait * 2).min(options.ping_within);
+                            continue;
+                        }
                     }
                 }
-                Some((true, _)) => last = "still the old process".into(),
-                Some((false, _)) => last = "not ready".into(),
-                None => {}
+                Some((status, _)) => {
+                    last = format!("listed as {status} by the old process or not yet running")
+                }
+                None => last = "not listed".into(),
             }
             rt::sleep(options.poll_every).await;
         }

@@ -98,6 +98,8 @@ pub async fn run(bus: Arc<dyn EventBus>, registry: Arc<dyn RegistryStore>) -> Re
 #[derive(Default)]
 struct App {
     counts: Mutex<HashMap<String, u64>>,
+    /// How long `on_start` takes.
+    start_for: Duration,
 }
 
 impl App {
@@ -109,6 +111,7 @@ impl App {
 #[async_trait]
 impl Service for App {
     async fn on_start(&self, _: &Context) -> Result<()> {
+        rt::sleep(self.start_for).await;
         Ok(())
     }
     async fn run(&self, ctx: &Context) -> Result<()> {
@@ -623,7 +626,8 @@ async fn older_than_boot(bus: Arc<dyn EventBus>, registry: Arc<dyn RegistryStore
         );
         f.answering(&node.target()).await?;
         ensure!(!node.lifecycle.restart_requested(), "the old restart was run");
-        ensure!(node.lifecycle.control_counts().stale == 1, "not counted as stale");
+        // Pings sent while it booted may be stale too: the old group keeps them.
+        ensure!(node.lifecycle.control_counts().stale >= 1, "not counted as stale");
         Ok(())
     }
     .await;
@@ -824,7 +828,13 @@ async fn rolling(bus: Arc<dyn EventBus>, registry: Arc<dyn RegistryStore>) -> Ca
             loop {
                 let lifecycle = Arc::new(f.lifecycle(f.bus.clone(), &s, id));
                 current.lock().insert(id.to_owned(), lifecycle.clone());
-                let code = lifecycle.run_process(&App::default()).await;
+                // A boot that takes a while, so a restarting instance is
+                // visibly not ready for the watcher.
+                let app = App {
+                    start_for: Duration::from_millis(150),
+                    ..App::default()
+                };
+                let code = lifecycle.run_process(&app).await;
                 if code != ExitCode::from(EXIT_RESTART) || stop.load(Ordering::SeqCst) {
                     return code;
                 }
@@ -839,7 +849,7 @@ async fn rolling(bus: Arc<dyn EventBus>, registry: Arc<dyn RegistryStore>) -> Ca
         let watching = Arc::new(AtomicBool::new(true));
         let (w, reg, s2, cur) = (watching.clone(), registry.clone(), s.clone(), current.clone());
         let watcher = rt::spawn(async move {
-            let (mut min, mut samples) = (usize::MAX, 0usize);
+            let (mut min, mut samples, mut two) = (usize::MAX, 0usize, 0usize);
             while w.load(Ordering::SeqCst) {
                 let running: Vec<InstanceId> = match reg.list(Some(&s2)).await {
                     Ok(l) => l
@@ -862,9 +872,10 @@ async fn rolling(bus: Arc<dyn EventBus>, registry: Arc<dyn RegistryStore>) -> Ca
                     .count();
                 min = min.min(ready);
                 samples += 1;
-                rt::sleep(Duration::from_millis(5)).await;
+                two += usize::from(ready == 2);
+                rt::sleep(Duration::from_millis(2)).await;
             }
-            (min, samples)
+            (min, samples, two)
         });
         let report = f
             .client
@@ -872,7 +883,7 @@ async fn rolling(bus: Arc<dyn EventBus>, registry: Arc<dyn RegistryStore>) -> Ca
             .await
             .step("rolling restart")?;
         watching.store(false, Ordering::SeqCst);
-        let (min, samples) = watcher.join().await;
+        let (min, samples, two) = watcher.join().await;
         let restarted: Vec<&str> = report.restarted.iter().map(|(i, _)| i.as_str()).collect();
         ensure!(restarted == ["w1", "w2", "w3"], "restarted {restarted:?}");
         ensure!(
@@ -881,7 +892,11 @@ async fn rolling(bus: Arc<dyn EventBus>, registry: Arc<dyn RegistryStore>) -> Ca
             restarts.load(Ordering::SeqCst)
         );
         ensure!(
-            samples > 10 && min >= 2,
+            two >= 3,
+            "the watcher saw a restarting instance in only {two} of {samples} samples: too slow to judge"
+        );
+        ensure!(
+            min >= 2,
             "fewest ready instances seen: {min} in {samples} samples, expected >= 2"
         );
         Ok(())
