@@ -23,6 +23,18 @@ async fn conformance_on_memory() {
     report.assert_all_passed();
 }
 
+/// The daemon, the client and the lifecycle use only the runtime seam.
+#[cfg(feature = "rt-smol")]
+#[test]
+fn conformance_on_memory_under_smol() {
+    let report = smol::block_on(testkit::control::run(
+        Arc::new(MemoryBus::new()),
+        Arc::new(MemoryRegistry::new()),
+    ));
+    println!("control on memory under smol:\n{report}");
+    report.assert_all_passed();
+}
+
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_redis() {
