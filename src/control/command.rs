@@ -56,7 +56,7 @@ impl fmt::Debug for ControlKey {
 
 impl ControlKey {
     /// A key of at least [`MIN_KEY_BYTES`] bytes; a shorter one is
-    /// [`InvalidInput`](ErrorKind::InvalidInput).
+    /// [`InvalidInput`](crate::ErrorKind::InvalidInput).
     pub fn new(key: impl AsRef<[u8]>) -> Result<Self> {
         let key = key.as_ref();
         if key.len() < MIN_KEY_BYTES {

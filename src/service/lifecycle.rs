@@ -339,8 +339,8 @@ impl Lifecycle {
         self.controls.restart_requested()
     }
 
-    /// Whether a control daemon runs (a key is configured); `None` after
-    /// `build` means none will.
+    /// The configuration the control daemon runs with (it also needs a
+    /// bus); `None` when no daemon will run.
     pub fn control_config(&self) -> Option<&ControlConfig> {
         self.control.as_ref()
     }
@@ -456,6 +456,10 @@ impl Lifecycle {
         let (name, id) = (&self.service, &self.instance);
         let started = Instant::now();
         let boot_ms = self.controls.begin();
+        if let Some(why) = &self.control_error {
+            tracing::error!(event = "service_control_misconfigured", name = %name, error = %why);
+            return Err(Error::invalid(format!("boot of `{name}` aborted: {why}")));
+        }
         tracing::info!(event = "service_boot_started", name = %name, id = %id);
         let interrupted = |phase: &'static str| {
             tracing::info!(event = "service_boot_interrupted", name = %name, id = %id, phase);
@@ -469,10 +473,6 @@ impl Lifecycle {
         match self.until_shutdown(self.gate()).await {
             None => return interrupted("store_gate"),
             Some(gate) => gate?,
-        }
-        if let Some(why) = &self.control_error {
-            tracing::error!(event = "service_control_misconfigured", name = %name, error = %why);
-            return Err(Error::invalid(format!("boot of `{name}` aborted: {why}")));
         }
         let ctx = Context {
             service: name.clone(),
