@@ -73,8 +73,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
-mod bus_config;
 mod bus;
+mod bus_config;
 mod capabilities;
 pub mod clock;
 pub mod consumer;
@@ -102,9 +102,9 @@ pub mod testkit;
 
 pub use async_trait::async_trait;
 pub use bus::{
-    Backlog, BacklogPolicy, Claimed, Delivery, EventBus, EventBusExt, GroupInfo, MessageId, PendingEntry,
-    Overflow, PendingSummary, ReadOptions, Release, StartFrom, StreamInfo, Subscription, SubscriptionStats,
-    TopicEvent, TrimPolicy, TOPIC_BUFFER,
+    Backlog, BacklogPolicy, Claimed, Delivery, EventBus, EventBusExt, GroupInfo, MessageId, Overflow,
+    PendingEntry, PendingSummary, ReadOptions, Release, StartFrom, StreamInfo, Subscription,
+    SubscriptionStats, TopicEvent, TrimPolicy, TOPIC_BUFFER,
 };
 pub use capabilities::Capabilities;
 pub use envelope::{Codec, Envelope, DEFAULT_MAX_ENVELOPE_BYTES};

@@ -295,7 +295,7 @@ fn bus(c: &ManualClock, sabotage: Sabotage) -> Broken<MemoryBus> {
         inner: MemoryBus::builder()
             .clock(Arc::new(c.clone()))
             .max_len_floor(1)
-        .max_len(200)
+            .max_len(200)
             .build(),
         sabotage,
     }

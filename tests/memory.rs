@@ -78,7 +78,7 @@ async fn boxed_dyn_path_works() {
         MemoryBus::builder()
             .clock(Arc::new(c.clone()))
             .max_len_floor(1)
-        .max_len(200)
+            .max_len(200)
             .build(),
     );
     testkit::bus::run(bus.as_ref(), &c).await.assert_all_passed();

@@ -30,7 +30,9 @@ async fn trim_policies_on_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trim_policies_on_redis() {
     use fleetwire::redis::RedisBackend;
-    let Some(server) = support::RedisServer::start() else { return };
+    let Some(server) = support::RedisServer::start() else {
+        return;
+    };
     let url = server.url();
     let make = move |policy: TrimPolicy| -> Arc<dyn EventBus> {
         Arc::new(

@@ -35,7 +35,7 @@ mod stats;
 
 pub use config::{Backoff, RunnerConfig};
 pub use dead_letter::{DeadEntry, DeadLetter, DeadLetters, Redriven};
-pub use pause::Pause;
 pub use handler::{typed, Action, Handler, HandlerError, HandlerResult, Typed};
+pub use pause::Pause;
 pub use runner::{OnDead, RetryPolicy, Runner, RunnerBuilder};
 pub use stats::{RunnerCounts, RunnerStats};

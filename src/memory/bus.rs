@@ -187,9 +187,7 @@ impl StreamState {
         let len = |st: &Self| st.entries.len() as u64;
         if len(self) + incoming > max_len {
             match self.safe_point() {
-                None => {
-                    self.trim_to(crate::bus_config::no_group_trim_len(max_len).saturating_sub(incoming))
-                }
+                None => self.trim_to(crate::bus_config::no_group_trim_len(max_len).saturating_sub(incoming)),
                 Some(safe) => {
                     while self.entries.front().is_some_and(|(id, _)| *id < safe) {
                         self.entries.pop_front();

@@ -39,8 +39,8 @@ pub use liveness::RedisLiveness;
 pub use registry::RedisRegistry;
 
 use crate::{
-    bus_config::BusConfig,
     bus::BacklogPolicy,
+    bus_config::BusConfig,
     envelope::Codec,
     error::{Error, Result},
     name::StreamName,

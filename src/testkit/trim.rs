@@ -45,7 +45,12 @@ async fn publish(bus: &dyn EventBus, s: &StreamName, from: u64, n: u64) -> Resul
 }
 
 /// Read (and ack, when `ack`) everything the group can get now.
-async fn drain(bus: &dyn EventBus, s: &StreamName, g: &GroupName, ack: bool) -> Result<Vec<MessageId>, String> {
+async fn drain(
+    bus: &dyn EventBus,
+    s: &StreamName,
+    g: &GroupName,
+    ack: bool,
+) -> Result<Vec<MessageId>, String> {
     let me = ConsumerName::new("reader").expect("valid");
     let mut got = Vec::new();
     loop {
@@ -67,19 +72,38 @@ pub async fn run(make: MakeBus<'_>) -> Report {
     if !make(TrimPolicy::DropOldest).capabilities().stores_data {
         return r;
     }
-    r.case("drop_oldest_counts_undelivered_entries_exactly", drop_oldest_counts(make))
+    r.case(
+        "drop_oldest_counts_undelivered_entries_exactly",
+        drop_oldest_counts(make),
+    )
+    .await;
+    r.case(
+        "keep_unacknowledged_loses_nothing_across_five_caps",
+        keep_loses_nothing(make),
+    )
+    .await;
+    r.case(
+        "keep_unacknowledged_trims_what_every_group_acked",
+        keep_trims_acked(make),
+    )
+    .await;
+    r.case(
+        "reject_at_hard_cap_loses_nothing_accepted",
+        reject_at_hard_cap(make),
+    )
+    .await;
+    r.case(
+        "wait_at_hard_cap_publishes_once_there_is_room",
+        wait_for_room(make),
+    )
+    .await;
+    r.case("overflow_drop_oldest_is_counted", overflow_drop(make))
         .await;
-    r.case("keep_unacknowledged_loses_nothing_across_five_caps", keep_loses_nothing(make))
-        .await;
-    r.case("keep_unacknowledged_trims_what_every_group_acked", keep_trims_acked(make))
-        .await;
-    r.case("reject_at_hard_cap_loses_nothing_accepted", reject_at_hard_cap(make))
-        .await;
-    r.case("wait_at_hard_cap_publishes_once_there_is_room", wait_for_room(make))
-        .await;
-    r.case("overflow_drop_oldest_is_counted", overflow_drop(make)).await;
-    r.case("two_groups_at_different_speeds_are_both_respected", two_speeds(make))
-        .await;
+    r.case(
+        "two_groups_at_different_speeds_are_both_respected",
+        two_speeds(make),
+    )
+    .await;
     r.case("late_group_from_the_beginning_is_respected", late_group(make))
         .await;
     r.case("deleting_the_slow_group_frees_the_stream", deleted_group(make))
@@ -90,10 +114,14 @@ pub async fn run(make: MakeBus<'_>) -> Report {
 async fn drop_oldest_counts(make: MakeBus<'_>) -> CaseResult {
     let bus = make(TrimPolicy::DropOldest);
     let (s, g) = names();
-    bus.ensure_group(&s, &g, StartFrom::Latest).await.step("ensure_group")?;
+    bus.ensure_group(&s, &g, StartFrom::Latest)
+        .await
+        .step("ensure_group")?;
     publish(bus.as_ref(), &s, 0, CAP * 5).await?;
     let b = bus.backlog(&s, &g).await.step("backlog")?;
-    let dropped = b.trimmed_undelivered.ok_or("store cannot tell trimmed_undelivered")?;
+    let dropped = b
+        .trimmed_undelivered
+        .ok_or("store cannot tell trimmed_undelivered")?;
     ensure!(
         dropped == CAP * 5 - b.length,
         "trimmed_undelivered {dropped} != published {} - length {}",
@@ -101,26 +129,43 @@ async fn drop_oldest_counts(make: MakeBus<'_>) -> CaseResult {
         b.length
     );
     let got = drain(bus.as_ref(), &s, &g, true).await?;
-    ensure!(got.len() as u64 == b.length, "read {} of {} left", got.len(), b.length);
+    ensure!(
+        got.len() as u64 == b.length,
+        "read {} of {} left",
+        got.len(),
+        b.length
+    );
     Ok(())
 }
 
 async fn keep_loses_nothing(make: MakeBus<'_>) -> CaseResult {
     let bus = make(TrimPolicy::keep_unacknowledged().with_hard_cap(CAP * 10));
     let (s, g) = names();
-    bus.ensure_group(&s, &g, StartFrom::Latest).await.step("ensure_group")?;
+    bus.ensure_group(&s, &g, StartFrom::Latest)
+        .await
+        .step("ensure_group")?;
     let ids = publish(bus.as_ref(), &s, 0, CAP * 5).await?;
     let got = drain(bus.as_ref(), &s, &g, true).await?;
-    ensure!(got == ids, "slow group read {} of {} published, or out of order", got.len(), ids.len());
+    ensure!(
+        got == ids,
+        "slow group read {} of {} published, or out of order",
+        got.len(),
+        ids.len()
+    );
     let b = bus.backlog(&s, &g).await.step("backlog")?;
-    ensure!(b.trimmed_undelivered == Some(0) || b.trimmed_undelivered.is_none(), "{b:?}");
+    ensure!(
+        b.trimmed_undelivered == Some(0) || b.trimmed_undelivered.is_none(),
+        "{b:?}"
+    );
     Ok(())
 }
 
 async fn keep_trims_acked(make: MakeBus<'_>) -> CaseResult {
     let bus = make(TrimPolicy::keep_unacknowledged());
     let (s, g) = names();
-    bus.ensure_group(&s, &g, StartFrom::Latest).await.step("ensure_group")?;
+    bus.ensure_group(&s, &g, StartFrom::Latest)
+        .await
+        .step("ensure_group")?;
     for round in 0..5 {
         publish(bus.as_ref(), &s, round * CAP, CAP).await?;
         drain(bus.as_ref(), &s, &g, true).await?;
@@ -128,7 +173,10 @@ async fn keep_trims_acked(make: MakeBus<'_>) -> CaseResult {
     publish(bus.as_ref(), &s, 5 * CAP, 10).await?;
     let len = bus.stream_info(&s).await.step("stream_info")?.length;
     let slack = bus.capabilities().trim_slack;
-    ensure!(len <= CAP + slack, "a consumer that keeps up still left {len} entries (cap {CAP})");
+    ensure!(
+        len <= CAP + slack,
+        "a consumer that keeps up still left {len} entries (cap {CAP})"
+    );
     Ok(())
 }
 
@@ -136,7 +184,9 @@ async fn reject_at_hard_cap(make: MakeBus<'_>) -> CaseResult {
     let bus = make(TrimPolicy::keep_unacknowledged().with_overflow(Overflow::Reject));
     let hard_cap = TrimPolicy::keep_unacknowledged().hard_cap(CAP);
     let (s, g) = names();
-    bus.ensure_group(&s, &g, StartFrom::Latest).await.step("ensure_group")?;
+    bus.ensure_group(&s, &g, StartFrom::Latest)
+        .await
+        .step("ensure_group")?;
     let mut accepted = Vec::new();
     let mut rejected = 0;
     for n in 0..hard_cap + 50 {
@@ -144,7 +194,10 @@ async fn reject_at_hard_cap(make: MakeBus<'_>) -> CaseResult {
             Ok(id) => accepted.push(id),
             Err(e) if e.kind() == ErrorKind::Backpressure => {
                 ensure!(e.is_temporary(), "backpressure is not temporary: {e}");
-                ensure!(e.to_string().contains(s.as_str()), "error does not name the stream: {e}");
+                ensure!(
+                    e.to_string().contains(s.as_str()),
+                    "error does not name the stream: {e}"
+                );
                 rejected += 1;
             }
             Err(e) => return Err(format!("publish {n}: unexpected error {e}")),
@@ -156,8 +209,15 @@ async fn reject_at_hard_cap(make: MakeBus<'_>) -> CaseResult {
         accepted.len()
     );
     let got = drain(bus.as_ref(), &s, &g, true).await?;
-    ensure!(got == accepted, "read {} of {} accepted", got.len(), accepted.len());
-    bus.publish(&s, &env(0)).await.step("publish once there is room")?;
+    ensure!(
+        got == accepted,
+        "read {} of {} accepted",
+        got.len(),
+        accepted.len()
+    );
+    bus.publish(&s, &env(0))
+        .await
+        .step("publish once there is room")?;
     Ok(())
 }
 
@@ -166,7 +226,9 @@ async fn wait_for_room(make: MakeBus<'_>) -> CaseResult {
     let bus = make(TrimPolicy::keep_unacknowledged().with_overflow(Overflow::Wait(wait)));
     let hard_cap = TrimPolicy::keep_unacknowledged().hard_cap(CAP);
     let (s, g) = names();
-    bus.ensure_group(&s, &g, StartFrom::Latest).await.step("ensure_group")?;
+    bus.ensure_group(&s, &g, StartFrom::Latest)
+        .await
+        .step("ensure_group")?;
     publish(bus.as_ref(), &s, 0, hard_cap).await?;
     let consumer = {
         let (bus, s, g) = (bus.clone(), s.clone(), g.clone());
@@ -191,10 +253,16 @@ async fn overflow_drop(make: MakeBus<'_>) -> CaseResult {
     let bus = make(TrimPolicy::keep_unacknowledged().with_overflow(Overflow::DropOldest));
     let hard_cap = TrimPolicy::keep_unacknowledged().hard_cap(CAP);
     let (s, g) = names();
-    bus.ensure_group(&s, &g, StartFrom::Latest).await.step("ensure_group")?;
+    bus.ensure_group(&s, &g, StartFrom::Latest)
+        .await
+        .step("ensure_group")?;
     publish(bus.as_ref(), &s, 0, hard_cap + CAP).await?;
     let b = bus.backlog(&s, &g).await.step("backlog")?;
-    ensure!(b.length <= hard_cap, "length {} past the hard cap {hard_cap}", b.length);
+    ensure!(
+        b.length <= hard_cap,
+        "length {} past the hard cap {hard_cap}",
+        b.length
+    );
     ensure!(
         b.trimmed_undelivered == Some(hard_cap + CAP - b.length),
         "dropped {:?}, expected {}",
@@ -208,8 +276,12 @@ async fn two_speeds(make: MakeBus<'_>) -> CaseResult {
     let bus = make(TrimPolicy::keep_unacknowledged().with_hard_cap(CAP * 10));
     let (s, slow) = names();
     let fast = GroupName::new("tk:fast").expect("valid");
-    bus.ensure_group(&s, &slow, StartFrom::Latest).await.step("ensure slow")?;
-    bus.ensure_group(&s, &fast, StartFrom::Latest).await.step("ensure fast")?;
+    bus.ensure_group(&s, &slow, StartFrom::Latest)
+        .await
+        .step("ensure slow")?;
+    bus.ensure_group(&s, &fast, StartFrom::Latest)
+        .await
+        .step("ensure fast")?;
     let mut all = Vec::new();
     let mut fast_got = Vec::new();
     let mut slow_got = Vec::new();
@@ -221,8 +293,18 @@ async fn two_speeds(make: MakeBus<'_>) -> CaseResult {
         }
     }
     slow_got.extend(drain(bus.as_ref(), &s, &slow, true).await?);
-    ensure!(fast_got == all, "fast group read {} of {}", fast_got.len(), all.len());
-    ensure!(slow_got == all, "slow group read {} of {}", slow_got.len(), all.len());
+    ensure!(
+        fast_got == all,
+        "fast group read {} of {}",
+        fast_got.len(),
+        all.len()
+    );
+    ensure!(
+        slow_got == all,
+        "slow group read {} of {}",
+        slow_got.len(),
+        all.len()
+    );
     Ok(())
 }
 
@@ -233,8 +315,14 @@ async fn late_group(make: MakeBus<'_>) -> CaseResult {
     publish(bus.as_ref(), &s, 0, CAP * 2).await?;
     let info = bus.stream_info(&s).await.step("stream_info")?;
     let slack = bus.capabilities().trim_slack;
-    ensure!(info.length <= CAP + slack, "a stream without groups kept {} entries", info.length);
-    bus.ensure_group(&s, &g, StartFrom::Beginning).await.step("late group")?;
+    ensure!(
+        info.length <= CAP + slack,
+        "a stream without groups kept {} entries",
+        info.length
+    );
+    bus.ensure_group(&s, &g, StartFrom::Beginning)
+        .await
+        .step("late group")?;
     let present: BTreeSet<MessageId> = bus
         .range(&s, MessageId::ZERO, usize::MAX)
         .await
@@ -257,14 +345,22 @@ async fn late_group(make: MakeBus<'_>) -> CaseResult {
 async fn deleted_group(make: MakeBus<'_>) -> CaseResult {
     let bus = make(TrimPolicy::keep_unacknowledged().with_hard_cap(CAP * 10));
     let (s, g) = names();
-    bus.ensure_group(&s, &g, StartFrom::Latest).await.step("ensure_group")?;
+    bus.ensure_group(&s, &g, StartFrom::Latest)
+        .await
+        .step("ensure_group")?;
     publish(bus.as_ref(), &s, 0, CAP * 3).await?;
     let before = bus.stream_info(&s).await.step("stream_info")?.length;
-    ensure!(before >= CAP * 3, "unacknowledged entries were trimmed: {before} left");
+    ensure!(
+        before >= CAP * 3,
+        "unacknowledged entries were trimmed: {before} left"
+    );
     bus.delete_group(&s, &g).await.step("delete_group")?;
     publish(bus.as_ref(), &s, CAP * 3, 10).await?;
     let after = bus.stream_info(&s).await.step("stream_info")?.length;
     let slack = bus.capabilities().trim_slack;
-    ensure!(after <= CAP + slack, "after its only group went, the stream kept {after} entries");
+    ensure!(
+        after <= CAP + slack,
+        "after its only group went, the stream kept {after} entries"
+    );
     Ok(())
 }
