@@ -4,6 +4,7 @@
 //! refused), 2 bad usage, 3 not found.
 
 mod conn;
+mod ctl;
 mod dlq;
 mod members;
 mod output;
@@ -46,6 +47,8 @@ enum Command {
     /// The dead letters of a stream (`{stream}:dlq`).
     #[command(subcommand)]
     Dlq(dlq::DlqCommand),
+    /// Send a signed control command (needs SG_CONTROL_KEY) and show each instance's answer.
+    Ctl(ctl::Ctl),
     /// Remove one instance from the registry.
     Deregister {
         /// Its service.
@@ -113,5 +116,6 @@ async fn run(cli: Cli) -> Outcome {
         Command::Groups { stream } => streams::groups(&ctx, &stream).await,
         Command::Dlq(cmd) => dlq::run(&ctx, cmd).await,
         Command::Deregister { service, id } => members::deregister(&ctx, &service, &id).await,
+        Command::Ctl(c) => ctl::run(&ctx, c).await,
     }
 }
