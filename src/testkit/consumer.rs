@@ -19,7 +19,7 @@ use std::{
 };
 
 /// The lease the cases run with.
-pub const LEASE: Duration = Duration::from_millis(300);
+pub const LEASE: Duration = Duration::from_millis(500);
 
 fn names() -> (StreamName, GroupName) {
     (
