@@ -99,6 +99,14 @@ impl Seen {
     fn len(&self) -> usize {
         self.0.lock().len()
     }
+    /// A handler that records each delivery and acks it.
+    fn acking(&self) -> impl crate::consumer::Handler {
+        let seen = self.clone();
+        move |d: Delivery| {
+            seen.record(&d);
+            async { HandlerResult::Ok(()) }
+        }
+    }
 }
 
 async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -269,16 +277,7 @@ async fn poison(bus: &Arc<dyn EventBus>) -> CaseResult {
         "dead letter not removed after redrive"
     );
     let seen = Seen::default();
-    let h = seen.clone();
-    let runner_b = runner(bus, &s, &g, "w2", |b| {
-        b.handler(move |d: Delivery| {
-            let h = h.clone();
-            async move {
-                h.record(&d);
-                HandlerResult::Ok(())
-            }
-        })
-    })?;
+    let runner_b = runner(bus, &s, &g, "w2", |b| b.handler(seen.acking()))?;
     let running = Running::start(&runner_b);
     let ok = wait_until(Duration::from_secs(5), || seen.len() == 1).await;
     running.stop().await?;
@@ -336,16 +335,7 @@ async fn crashed(bus: &Arc<dyn EventBus>) -> CaseResult {
     ensure!(got.len() == 3, "doomed consumer read {}", got.len());
     let start = Instant::now();
     let seen = Seen::default();
-    let h = seen.clone();
-    let runner = runner(bus, &s, &g, "w1", |b| {
-        b.handler(move |d: Delivery| {
-            let h = h.clone();
-            async move {
-                h.record(&d);
-                HandlerResult::Ok(())
-            }
-        })
-    })?;
+    let runner = runner(bus, &s, &g, "w1", |b| b.handler(seen.acking()))?;
     let running = Running::start(&runner);
     let ok = wait_until(Duration::from_secs(5), || seen.len() == 3).await;
     let took = start.elapsed();
@@ -386,16 +376,7 @@ async fn dropped_runner(bus: &Arc<dyn EventBus>) -> CaseResult {
     let _ = rt::timeout(Duration::from_millis(300), run_a).await;
     ensure!(seen_a.len() <= 1, "a handled {:?}", seen_a.get());
     let seen = Seen::default();
-    let h = seen.clone();
-    let b = runner(bus, &s, &g, "b", |b| {
-        b.handler(move |d: Delivery| {
-            let h = h.clone();
-            async move {
-                h.record(&d);
-                HandlerResult::Ok(())
-            }
-        })
-    })?;
+    let b = runner(bus, &s, &g, "b", |b| b.handler(seen.acking()))?;
     let running = Running::start(&b);
     let ok = wait_until(Duration::from_secs(5), || seen.len() == 1).await;
     running.stop().await?;
@@ -429,16 +410,7 @@ async fn slow_not_stolen(bus: &Arc<dyn EventBus>) -> CaseResult {
         "slow runner never started"
     );
     let thief_seen = Seen::default();
-    let h = thief_seen.clone();
-    let thief = runner(bus, &s, &g, "thief", |b| {
-        b.handler(move |d: Delivery| {
-            let h = h.clone();
-            async move {
-                h.record(&d);
-                HandlerResult::Ok(())
-            }
-        })
-    })?;
+    let thief = runner(bus, &s, &g, "thief", |b| b.handler(thief_seen.acking()))?;
     let running_thief = Running::start(&thief);
     let acked = wait_until(Duration::from_secs(5), || slow.stats().snapshot().acked == 1).await;
     let counts = running_slow.stop().await?;
@@ -620,16 +592,7 @@ async fn many_runners(bus: &Arc<dyn EventBus>) -> CaseResult {
     let mut running = Vec::new();
     let mut runners = Vec::new();
     for i in 0..20 {
-        let h = seen.clone();
-        let r = runner(bus, &s, &g, &format!("w{i}"), |b| {
-            b.handler(move |d: Delivery| {
-                let h = h.clone();
-                async move {
-                    h.record(&d);
-                    HandlerResult::Ok(())
-                }
-            })
-        })?;
+        let r = runner(bus, &s, &g, &format!("w{i}"), |b| b.handler(seen.acking()))?;
         running.push(Running::start(&r));
         runners.push(r);
     }
