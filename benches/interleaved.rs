@@ -6,6 +6,9 @@
 //!     cargo bench --all-features --bench interleaved -- consume/runner publish/redis/concurrent
 //!
 //! Arguments that are not flags select groups by name prefix (any of them).
+//! `FLEETWIRE_BENCH_ROUNDS=101` runs more rounds per comparison (default 31).
+//! Each row prints the IQR of its per-round ratios and the 1-minute load
+//! average: the machine these run on is shared.
 
 mod common;
 #[path = "../tests/support/mod.rs"]
@@ -35,7 +38,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-const ROUNDS: usize = 31;
+/// Interleaved rounds per comparison: 31, or `FLEETWIRE_BENCH_ROUNDS` (odd
+/// numbers keep the median one round's ratio).
+fn rounds() -> usize {
+    static ROUNDS: OnceLock<usize> = OnceLock::new();
+    *ROUNDS.get_or_init(|| {
+        std::env::var("FLEETWIRE_BENCH_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .filter(|r| *r >= 3)
+            .unwrap_or(31)
+    })
+}
 
 /// The group-name prefixes given on the command line; empty runs every group.
 static FILTER: OnceLock<Vec<String>> = OnceLock::new();
@@ -74,7 +88,7 @@ where
     time(n, &mut raw).await;
     time(n, &mut fw).await;
     let (mut ratios, mut raws, mut fws) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
+    for round in 0..rounds() {
         let (r, f) = if round % 2 == 0 {
             let r = time(n, &mut raw).await;
             (r, time(n, &mut fw).await)
@@ -95,12 +109,24 @@ where
             format!("{:.0} ns", s * 1e9)
         }
     };
+    ratios.sort_by(|a, b| a.total_cmp(b));
+    let (q1, q3) = (ratios[ratios.len() / 4], ratios[3 * ratios.len() / 4]);
     println!(
-        "| {name} | {} | {} | {:.2}× | {target} |",
+        "| {name} | {} | {} | {:.2}× (IQR {q1:.2}–{q3:.2}) | {target} | load {} |",
         per(median(raws)),
         per(median(fws)),
-        median(ratios)
+        median(ratios),
+        load_average()
     );
+}
+
+/// The 1-minute load average (`/proc/loadavg`), printed with every figure:
+/// the machine is shared.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 /// Entries each drain round pre-fills (untimed) and then times draining.
@@ -335,7 +361,7 @@ impl Drain {
         let mut times = [Vec::new(), Vec::new(), Vec::new()];
         // The runner's XREADGROUPs per round (counted outside the timed part).
         let mut runner_reads = Vec::new();
-        for round in 0..ROUNDS {
+        for round in 0..rounds() {
             for k in 0..3 {
                 let side = (round + k) % 3;
                 let before = (side == 0).then(|| server.calls("xreadgroup"));
@@ -349,13 +375,15 @@ impl Drain {
         for (side, target, goal) in [(1, "pipelined", 1.0), (2, "naive", 1.3)] {
             let mut ratios: Vec<f64> = times[0].iter().zip(&times[side]).map(|(f, r)| f / r).collect();
             ratios.sort_by(|a, b| a.total_cmp(b));
-            let (q1, med, q3) = (ratios[ROUNDS / 4], ratios[ROUNDS / 2], ratios[3 * ROUNDS / 4]);
+            let k = ratios.len();
+            let (q1, med, q3) = (ratios[k / 4], ratios[k / 2], ratios[3 * k / 4]);
             println!(
-                "| consume/runner vs {target} raw loop (drain {n}, runner concurrency 64, no-op handler) | {:.2} µs/msg | {:.2} µs/msg | {med:.2}× (IQR {q1:.2}–{q3:.2}) → throughput {:.2}× | throughput ≥ {goal}×, i.e. ≤ {:.2}× |",
+                "| consume/runner vs {target} raw loop (drain {n}, runner concurrency 64, no-op handler) | {:.2} µs/msg | {:.2} µs/msg | {med:.2}× (IQR {q1:.2}–{q3:.2}) → throughput {:.2}× | throughput ≥ {goal}×, i.e. ≤ {:.2}× | load {} |",
                 per_msg(&times[side]),
                 per_msg(&times[0]),
                 1.0 / med,
                 1.0 / goal,
+                load_average(),
             );
         }
         self.by_read_size(n, &times, &runner_reads);
@@ -554,8 +582,8 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        println!("| group | raw per op | fleetwire per op | fleetwire time / raw time (median of {ROUNDS} interleaved rounds) | target |");
-        println!("|---|---|---|---|---|");
+        println!("| group | raw per op | fleetwire per op | fleetwire time / raw time (median of {} interleaved rounds, IQR of the per-round ratios) | target | 1-min load |", rounds());
+        println!("|---|---|---|---|---|---|");
         let env = envelope();
         let codec = Codec::default();
 
@@ -583,7 +611,7 @@ fn main() {
                 || async { rbus.publish(&fw_s, &env).await.unwrap(); }).await;
         }
         if wants("publish/redis/concurrent") {
-            compare("publish/redis/concurrent (50 at once)", "≤ 1.11×", 20,
+            compare("publish/redis/concurrent (50 at once)", "ops/s ≥ 1.0× raw, i.e. ≤ 1.00×", 20,
                 || { let raw = raw.clone(); let body = body.clone(); async move {
                     join_all((0..50).map(|_| { let (mut c, cmd) = (raw.clone(), raw_xadd("bench:raw", &body)); async move { cmd.query_async::<String>(&mut c).await.unwrap() } })).await; } },
                 || async { join_all((0..50).map(|_| rbus.publish(&fw_s, &env))).await.into_iter().for_each(|r| { r.unwrap(); }); }).await;
@@ -595,6 +623,29 @@ fn main() {
                     join_all((0..50).map(|_| { let (mut c, cmd) = (raw.clone(), raw_xadd("bench:raw", &body)); async move { cmd.query_async::<String>(&mut c).await.unwrap() } })).await; } },
                 || { let m = manager.clone(); let body = body.clone(); async move {
                     join_all((0..50).map(|_| { let (mut c, cmd) = (m.clone(), raw_xadd("bench:raw", &body)); async move { cmd.query_async::<String>(&mut c).await.unwrap() } })).await; } }).await;
+            // The raw side sends a pre-encoded body; a raw redis-rs publisher encodes
+            // each envelope too. This row prices that encode alone.
+            compare("  of which encoding each envelope (raw XADDs that encode vs pre-encoded, 50 at once)", "(attribution)", 20,
+                || { let raw = raw.clone(); let body = body.clone(); async move {
+                    join_all((0..50).map(|_| { let (mut c, cmd) = (raw.clone(), raw_xadd("bench:raw", &body)); async move { cmd.query_async::<String>(&mut c).await.unwrap() } })).await; } },
+                || { let (raw, codec, env) = (raw.clone(), &codec, &env); async move {
+                    join_all((0..50).map(|_| { let mut c = raw.clone(); async move {
+                        let cmd = raw_xadd("bench:raw", &codec.encode(env).unwrap());
+                        cmd.query_async::<String>(&mut c).await.unwrap() } })).await; } }).await;
+            // fleetwire against the like-for-like raw publisher: encodes each envelope
+            // and sends it through a ConnectionManager set up as fleetwire's.
+            let like = redis::Client::open(url.as_str()).unwrap().get_connection_manager_with_config(
+                redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(2)))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(250))).await.unwrap();
+            compare("publish/redis/concurrent vs raw that encodes, through a ConnectionManager (50 at once)", "(like for like)", 20,
+                || { let (m, codec, env) = (like.clone(), &codec, &env); async move {
+                    join_all((0..50).map(|_| { let mut c = m.clone(); async move {
+                        let cmd = raw_xadd("bench:raw", &codec.encode(env).unwrap());
+                        cmd.query_async::<String>(&mut c).await.unwrap() } })).await; } },
+                || async { join_all((0..50).map(|_| rbus.publish(&fw_s, &env))).await.into_iter().for_each(|r| { r.unwrap(); }); }).await;
         }
         // Trim policies: the same raw `XADD MAXLEN ~` against fleetwire under
         // DropOldest (the default, above) and KeepUnacknowledged. The stream
@@ -609,17 +660,17 @@ fn main() {
                 .unwrap()
                 .bus();
             let keep_s = StreamName::new("bench:keep").unwrap();
-            compare("publish/trim/keep-unacked/sequential", "≤ 1.11×", 200,
+            compare("publish/trim/keep-unacked/sequential", "ops/s ≥ 0.9× raw, i.e. ≤ 1.11×", 200,
                 || { let (mut c, cmd) = (raw.clone(), raw_xadd("bench:raw", &body)); async move { cmd.query_async::<String>(&mut c).await.unwrap(); } },
                 || async { keep.publish(&keep_s, &env).await.unwrap(); }).await;
             compare("publish/trim/drop-oldest/sequential", "≤ 1.11×", 200,
                 || { let (mut c, cmd) = (raw.clone(), raw_xadd("bench:raw", &body)); async move { cmd.query_async::<String>(&mut c).await.unwrap(); } },
                 || async { rbus.publish(&fw_s, &env).await.unwrap(); }).await;
-            compare("publish/trim/keep-unacked/concurrent (50 at once)", "≤ 1.11×", 20,
+            compare("publish/trim/keep-unacked/concurrent (50 at once)", "ops/s ≥ 0.9× raw, i.e. ≤ 1.11×", 20,
                 || { let raw = raw.clone(); let body = body.clone(); async move {
                     join_all((0..50).map(|_| { let (mut c, cmd) = (raw.clone(), raw_xadd("bench:raw", &body)); async move { cmd.query_async::<String>(&mut c).await.unwrap() } })).await; } },
                 || async { join_all((0..50).map(|_| keep.publish(&keep_s, &env))).await.into_iter().for_each(|r| { r.unwrap(); }); }).await;
-            compare("publish/trim/drop-oldest/concurrent (50 at once)", "≤ 1.11×", 20,
+            compare("publish/trim/drop-oldest/concurrent (50 at once)", "≤ 1.00× (as publish/redis/concurrent)", 20,
                 || { let raw = raw.clone(); let body = body.clone(); async move {
                     join_all((0..50).map(|_| { let (mut c, cmd) = (raw.clone(), raw_xadd("bench:raw", &body)); async move { cmd.query_async::<String>(&mut c).await.unwrap() } })).await; } },
                 || async { join_all((0..50).map(|_| rbus.publish(&fw_s, &env))).await.into_iter().for_each(|r| { r.unwrap(); }); }).await;
@@ -696,7 +747,7 @@ fn main() {
                      async move { p.query_async::<Vec<Vec<Option<Vec<u8>>>>>(&mut c).await.unwrap(); } },
                 || async { assert_eq!(reg.list(Some(&fleet)).await.unwrap().len(), 10_000); }).await;
             // A new handle per list reads the index's ids again, as any handle does after the fleet changed.
-            compare("registry/redis/list_10k_cold (ids read again) vs MGET", "(figure)", 2,
+            compare("registry/redis/list_10k_cold (ids read again) vs MGET", "≤ 2×", 2,
                 || { let mut c = raw.clone(); let mut p = redis::pipe(); for ch in keys.chunks(1000) { p.cmd("MGET").arg(ch); }
                      async move { p.query_async::<Vec<Vec<Option<Vec<u8>>>>>(&mut c).await.unwrap(); } },
                 || { let (reg, fleet) = (backend.registry(), &fleet); async move { assert_eq!(reg.list(Some(fleet)).await.unwrap().len(), 10_000); } }).await;
