@@ -44,6 +44,15 @@ async fn get(addr: SocketAddr, method: &'static str, path: &'static str) -> (u16
     blocking::unblock(move || http(addr, method, path)).await
 }
 
+/// `get` through this test's own runtime's blocking pool: the `blocking`
+/// crate's pool is shared by every test of this binary, some of which hold
+/// its threads on purpose (idle clients, in-flight requests).
+async fn own_get(addr: SocketAddr, path: &'static str) -> (u16, String) {
+    tokio::task::spawn_blocking(move || http(addr, "GET", path))
+        .await
+        .expect("probe thread")
+}
+
 async fn scenario() {
     let registry = MemoryRegistry::new();
     let health = Health::new(Duration::from_millis(500));
@@ -187,7 +196,7 @@ async fn shutdown_is_not_ready_and_deregistered_before_run_drains() {
         let deadline = Instant::now() + Duration::from_secs(5);
         let addr = loop {
             if let Some(addr) = server.local_addr() {
-                if get(addr, "GET", "/readyz").await.0 == 200 && listed().await {
+                if own_get(addr, "/readyz").await.0 == 200 && listed().await {
                     break addr;
                 }
             }
@@ -202,7 +211,7 @@ async fn shutdown_is_not_ready_and_deregistered_before_run_drains() {
                 triggered.elapsed() < DRAIN,
                 "still in rotation at the end of the drain"
             );
-            if not_ready.is_none() && get(addr, "GET", "/readyz").await.0 == 503 {
+            if not_ready.is_none() && own_get(addr, "/readyz").await.0 == 503 {
                 not_ready = Some(triggered.elapsed());
             }
             if gone.is_none() && !listed().await {
@@ -210,7 +219,7 @@ async fn shutdown_is_not_ready_and_deregistered_before_run_drains() {
             }
         }
         tokio::time::sleep(DRAIN / 2).await;
-        let mid_drain = get(addr, "GET", "/readyz").await.0;
+        let mid_drain = own_get(addr, "/readyz").await.0;
         (triggered, not_ready.unwrap(), gone.unwrap(), mid_drain)
     };
     let (out, (triggered, not_ready, gone, mid_drain)) = tokio::join!(lifecycle.run(&svc), watch);
