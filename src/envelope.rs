@@ -122,6 +122,20 @@ impl Codec {
 
     /// Encode `env`; [`ErrorKind::InvalidInput`](crate::ErrorKind) when it exceeds the limit.
     pub fn encode(&self, env: &Envelope) -> Result<Bytes> {
+        let mut buf = Vec::with_capacity(Self::size_hint(env));
+        self.encode_to(env, &mut buf)?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// Bytes enough for `env` encoded: field names and msgpack headers fit in 96.
+    pub(crate) fn size_hint(env: &Envelope) -> usize {
+        let headers: usize = env.headers.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
+        96 + env.kind.len() + env.payload.len() + headers + env.trace_id.as_ref().map_or(0, String::len)
+    }
+
+    /// Append `env` encoded to `out`, with the checks of [`encode`](Self::encode).
+    /// On error `out` may hold part of it.
+    pub(crate) fn encode_to(&self, env: &Envelope, out: &mut Vec<u8>) -> Result<()> {
         let too_big = |n: usize| {
             Error::invalid(format!(
                 "envelope `{}` is {n} bytes encoded, over the {} byte limit",
@@ -131,17 +145,40 @@ impl Codec {
         if env.payload.len() > self.max_bytes {
             return Err(too_big(env.payload.len()));
         }
-        // Sized so the buffer never regrows: field names and msgpack headers fit in 96 bytes.
-        let headers: usize = env.headers.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
-        let hint =
-            96 + env.kind.len() + env.payload.len() + headers + env.trace_id.as_ref().map_or(0, String::len);
-        let mut buf = Vec::with_capacity(hint);
-        rmp_serde::encode::write_named(&mut buf, env)
+        let start = out.len();
+        rmp_serde::encode::write_named(out, env)
             .map_err(|e| Error::codec(format!("encode envelope `{}`", env.kind)).with_source(e))?;
-        if buf.len() > self.max_bytes {
-            return Err(too_big(buf.len()));
+        let n = out.len() - start;
+        if n > self.max_bytes {
+            return Err(too_big(n));
         }
-        Ok(Bytes::from(buf))
+        Ok(())
+    }
+
+    /// Run `f` on `env` encoded, in a buffer this thread reuses (no
+    /// allocation per call once it has grown to the largest envelope).
+    pub(crate) fn with_encoded<T>(&self, env: &Envelope, f: impl FnOnce(&[u8]) -> T) -> Result<T> {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut buf) => {
+                buf.clear();
+                self.encode_to(env, &mut buf)?;
+                let out = f(&buf);
+                // Do not keep one huge envelope's buffer for the thread's lifetime.
+                if buf.capacity() > 64 * 1024 {
+                    *buf = Vec::new();
+                }
+                Ok(out)
+            }
+            // Re-entered from inside `f`: encode into a buffer of its own.
+            Err(_) => {
+                let mut buf = Vec::with_capacity(Self::size_hint(env));
+                self.encode_to(env, &mut buf)?;
+                Ok(f(&buf))
+            }
+        })
     }
 
     /// Decode bytes into an envelope; a clear error on oversized or malformed input.

@@ -348,7 +348,7 @@ impl Runner {
     pub async fn run(&self, stop: impl Future<Output = ()> + Send) -> Result<RunnerCounts> {
         let mut stop = pin!(stop.fuse());
         let shared = &self.inner;
-        let mut session = Session::new(shared.clone());
+        let mut session = Session::new(shared.clone(), spawn_handler);
         if session.ensure_group(&mut stop).await? {
             let served = session.serve(&mut stop).await;
             session.drain().await;
@@ -383,11 +383,13 @@ type ReadCall = BoxFuture<'static, ReadDone>;
 const MAX_READS: usize = 2;
 
 /// The state of one `run`.
-struct Session {
+struct Session<F> {
     r: Arc<Shared>,
-    in_flight: FuturesUnordered<BoxFuture<'static, Finished>>,
+    /// Handler calls, unboxed: `F` is [`spawn_handler`]'s future.
+    in_flight: FuturesUnordered<F>,
+    start: fn(&Arc<Shared>, Delivery) -> F,
     /// Entries being handled (their leases are renewed).
-    held: HashMap<MessageId, ()>,
+    held: HashMap<MessageId, (), IdHash>,
     /// Acks waiting to ride with the next read.
     acks: Vec<MessageId>,
     /// Since when the oldest of them waits.
@@ -417,13 +419,14 @@ enum Wake {
     Timer,
 }
 
-impl Session {
-    fn new(r: Arc<Shared>) -> Self {
+impl<F: Future<Output = Finished> + Send + 'static> Session<F> {
+    fn new(r: Arc<Shared>, start: fn(&Arc<Shared>, Delivery) -> F) -> Self {
         let now = Instant::now();
         let store_backoff = r.config.store_retry;
         Self {
             in_flight: FuturesUnordered::new(),
-            held: HashMap::new(),
+            start,
+            held: HashMap::default(),
             acks: Vec::new(),
             acks_since: None,
             reads: FuturesUnordered::new(),
@@ -723,7 +726,7 @@ impl Session {
             }
             self.r.stats.add_delivered(1);
             self.held.insert(d.id, ());
-            self.in_flight.push(spawn_handler(&self.r, d));
+            self.in_flight.push((self.start)(&self.r, d));
         }
     }
 
@@ -903,16 +906,6 @@ impl Session {
         Ok(())
     }
 
-    /// Drop the reads in flight (cancel-safe) and take their acks back.
-    fn abandon_reads(&mut self) {
-        self.reads = FuturesUnordered::new();
-        self.reserved = 0;
-        self.reserved_blocking = 0;
-        for (_, acks) in self.riding.drain(..) {
-            self.acks.extend(acks);
-        }
-    }
-
     /// Stop reading, let handlers finish within the drain timeout, release the
     /// rest uncounted, send the acks, and leave the group if holding nothing.
     async fn drain(&mut self) {
@@ -963,7 +956,19 @@ impl Session {
     }
 }
 
-impl Drop for Session {
+impl<F> Session<F> {
+    /// Drop the reads in flight (cancel-safe) and take their acks back.
+    fn abandon_reads(&mut self) {
+        self.reads = FuturesUnordered::new();
+        self.reserved = 0;
+        self.reserved_blocking = 0;
+        for (_, acks) in self.riding.drain(..) {
+            self.acks.extend(acks);
+        }
+    }
+}
+
+impl<F> Drop for Session<F> {
     /// The run future was dropped without a drain: hand back what it held, in the background.
     fn drop(&mut self) {
         let unfinished: Vec<MessageId> = self.held.drain().map(|(id, ())| id).collect();
@@ -994,7 +999,7 @@ impl Drop for Session {
 /// failure: inside the runner's task (default: no cross-thread wake-up per
 /// entry), or on a task of its own with `spawn_handlers`. Dropping the
 /// returned future cancels it either way.
-fn spawn_handler(r: &Arc<Shared>, delivery: Delivery) -> BoxFuture<'static, Finished> {
+fn spawn_handler(r: &Arc<Shared>, delivery: Delivery) -> impl Future<Output = Finished> + Send + 'static {
     let handler = r.handler.clone();
     let limit = r.config.handler_timeout;
     let call = async move {
@@ -1004,7 +1009,8 @@ fn spawn_handler(r: &Arc<Shared>, delivery: Delivery) -> BoxFuture<'static, Fini
         let first = poll_fn(|cx| Poll::Ready(call.poll_unpin(cx))).await;
         let outcome = match first {
             Poll::Ready(done) => Ok(done),
-            Poll::Pending => rt::timeout(limit, call).await,
+            // Boxed: the timer's state would otherwise make every call's future larger.
+            Poll::Pending => Box::pin(rt::timeout(limit, call)).await,
         };
         let result = match outcome {
             Ok(Ok(result)) => result,
@@ -1020,9 +1026,40 @@ fn spawn_handler(r: &Arc<Shared>, delivery: Delivery) -> BoxFuture<'static, Fini
         }
     };
     if r.config.spawn_handlers {
-        Box::pin(rt::spawn(call).join())
+        futures_util::future::Either::Left(rt::spawn(call).join())
     } else {
-        Box::pin(call)
+        futures_util::future::Either::Right(call)
+    }
+}
+
+/// Hashes entry ids for the set of those being handled: three lookups per
+/// entry, where SipHash cost ~200 instructions each. Ids come from the
+/// store and the set holds at most `concurrency` of them, so a fast
+/// multiplicative hash is enough.
+#[derive(Default, Clone, Copy)]
+struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0)
+    }
+}
+
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
     }
 }
 

@@ -56,13 +56,71 @@ impl RedisBus {
 
     /// `XADD`, trimmed to about `max_len` when given.
     fn xadd(stream: &StreamName, max_len: Option<u64>, body: &[u8]) -> redis::Cmd {
-        let mut c = redis::cmd("XADD");
-        c.arg(stream.as_str());
+        let mut c = Self::xadd_head(stream, max_len, body.len());
+        c.arg(body);
+        c
+    }
+
+    /// `XADD` up to its body field's name, its buffers sized once for a body
+    /// of `body_len` bytes (redis-rs grows an empty command's buffer argument
+    /// by argument: four reallocations for a 250-byte body).
+    fn xadd_head(stream: &StreamName, max_len: Option<u64>, body_len: usize) -> redis::Cmd {
+        // "XADD" "MAXLEN" "~" <20 digits> "*" "env": 35 bytes.
+        let mut c = redis::Cmd::with_capacity(8, 40 + stream.as_str().len() + body_len);
+        c.arg("XADD").arg(stream.as_str());
         if let Some(max_len) = max_len {
             c.arg("MAXLEN").arg("~").arg(max_len);
         }
-        c.arg("*").arg(BODY_FIELD).arg(body);
+        c.arg("*").arg(BODY_FIELD);
         c
+    }
+
+    /// One publish: the envelope encoded into this thread's scratch buffer
+    /// and copied once into a pre-sized `XADD` (no allocation but the
+    /// command's own), sent alone in steady state.
+    async fn publish_one(&self, stream: &StreamName, envelope: &Envelope) -> Result<MessageId> {
+        let max_len = self.config.max_len_of(stream);
+        let codec = &self.config.codec;
+        let xadd = |max_len| -> Result<redis::Cmd> {
+            codec.with_encoded(envelope, |body| Self::xadd(stream, max_len, body))
+        };
+        let policy = self.config.trim_of(stream);
+        let TrimPolicy::KeepUnacknowledged { overflow, .. } = policy else {
+            return self.append_one(stream, max_len, xadd(Some(max_len))?).await;
+        };
+        let near_cap = self
+            .guard
+            .est_len(stream)
+            .is_none_or(|len| len.saturating_add(1) > max_len);
+        if near_cap {
+            let body = codec.encode(envelope)?;
+            let ids = self
+                .keep_add(stream, &[&body[..]], max_len, policy.hard_cap(max_len), overflow)
+                .await?;
+            return ids
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::new(crate::ErrorKind::Protocol, "XADD returned no id"));
+        }
+        let cmd = xadd(None)?;
+        self.guard.add_len(stream, 1);
+        self.append_one(stream, max_len, cmd).await
+    }
+
+    /// [`append`](Self::append) of one `XADD`: no vectors when no sample is due.
+    async fn append_one(&self, stream: &StreamName, max_len: u64, xadd: redis::Cmd) -> Result<MessageId> {
+        let now = clock::unix_ms();
+        if self.guard.sample_due(stream, now) {
+            let mut ids = self.append_sampled(stream, max_len, now, vec![xadd]).await?;
+            return ids
+                .pop()
+                .ok_or_else(|| Error::new(crate::ErrorKind::Protocol, "XADD returned no id"));
+        }
+        let reply: Value = xadd
+            .query_async(&mut self.conn.manager())
+            .await
+            .map_err(|e| map_err(e, format!("publish to stream `{stream}`")))?;
+        parse::message_id(&reply)
     }
 
     /// Append `bodies` as the stream's trim policy says. Keeping
@@ -285,44 +343,65 @@ impl RedisBus {
 
     /// Send `xadds` in one round trip, with the backlog sample when it is due.
     async fn append(&self, stream: &StreamName, xadds: Vec<redis::Cmd>) -> Result<Vec<MessageId>> {
-        let n = xadds.len();
         let max_len = self.config.max_len_of(stream);
         let now = clock::unix_ms();
         let sample = self.guard.sample_due(stream, now);
-        let mut conn = self.conn.manager();
-        let fail = |e| map_err(e, format!("publish to stream `{stream}`"));
-        let replies: Vec<Value> = if n == 1 && !sample {
-            vec![xadds[0].query_async(&mut conn).await.map_err(fail)?]
+        if sample {
+            return self.append_sampled(stream, max_len, now, xadds).await;
+        }
+        let replies: Vec<Value> = if xadds.len() == 1 {
+            vec![xadds[0]
+                .query_async(&mut self.conn.manager())
+                .await
+                .map_err(|e| map_err(e, format!("publish to stream `{stream}`")))?]
         } else {
             let mut p = redis::pipe();
             for c in xadds {
                 p.add_command(c);
             }
-            if sample {
-                p.cmd("XLEN")
-                    .arg(stream.as_str())
-                    .cmd("XINFO")
-                    .arg("GROUPS")
-                    .arg(stream.as_str());
-            }
-            p.query_async(&mut conn).await.map_err(fail)?
+            p.query_async(&mut self.conn.manager())
+                .await
+                .map_err(|e| map_err(e, format!("publish to stream `{stream}`")))?
         };
-        if sample {
-            if let [.., len, groups] = &replies[..] {
-                let length = redis::from_redis_value_ref::<u64>(len).unwrap_or(0);
-                let groups = parse::groups(groups).unwrap_or_default();
-                let sample = BacklogSample {
-                    length,
-                    pending: groups.iter().map(|g| g.pending).max().unwrap_or(0),
-                    max_len,
-                    trimmed_undelivered: groups
-                        .iter()
-                        .filter_map(|g| parse::trimmed_undelivered(g.lag, length))
-                        .max()
-                        .unwrap_or(0),
-                };
-                self.guard.observe(stream, now, sample);
-            }
+        replies.iter().map(parse::message_id).collect()
+    }
+
+    /// `xadds` with the backlog sample pipelined after them.
+    async fn append_sampled(
+        &self,
+        stream: &StreamName,
+        max_len: u64,
+        now: u64,
+        xadds: Vec<redis::Cmd>,
+    ) -> Result<Vec<MessageId>> {
+        let n = xadds.len();
+        let mut p = redis::pipe();
+        for c in xadds {
+            p.add_command(c);
+        }
+        p.cmd("XLEN")
+            .arg(stream.as_str())
+            .cmd("XINFO")
+            .arg("GROUPS")
+            .arg(stream.as_str());
+        let replies: Vec<Value> = p
+            .query_async(&mut self.conn.manager())
+            .await
+            .map_err(|e| map_err(e, format!("publish to stream `{stream}`")))?;
+        if let [.., len, groups] = &replies[..] {
+            let length = redis::from_redis_value_ref::<u64>(len).unwrap_or(0);
+            let groups = parse::groups(groups).unwrap_or_default();
+            let sample = BacklogSample {
+                length,
+                pending: groups.iter().map(|g| g.pending).max().unwrap_or(0),
+                max_len,
+                trimmed_undelivered: groups
+                    .iter()
+                    .filter_map(|g| parse::trimmed_undelivered(g.lag, length))
+                    .max()
+                    .unwrap_or(0),
+            };
+            self.guard.observe(stream, now, sample);
         }
         replies[..n].iter().map(parse::message_id).collect()
     }
@@ -369,11 +448,7 @@ impl EventBus for RedisBus {
     }
 
     async fn publish(&self, stream: &StreamName, envelope: &Envelope) -> Result<MessageId> {
-        let body = self.config.codec.encode(envelope)?;
-        let ids = self.publish_bodies(stream, &[&body[..]]).await?;
-        ids.into_iter()
-            .next()
-            .ok_or_else(|| Error::new(crate::ErrorKind::Protocol, "XADD returned no id"))
+        self.publish_one(stream, envelope).await
     }
 
     async fn publish_batch(&self, stream: &StreamName, envelopes: &[Envelope]) -> Result<Vec<MessageId>> {

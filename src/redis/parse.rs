@@ -44,10 +44,40 @@ fn int(v: &Value) -> Option<u64> {
 }
 
 pub(crate) fn message_id(v: &Value) -> Result<MessageId> {
-    let s = text(v)
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .ok_or_else(|| protocol("entry id is not a string"))?;
-    s.parse().map_err(|_| protocol("entry id is not `ms-seq`"))
+    let b = text(v).ok_or_else(|| protocol("entry id is not a string"))?;
+    id_bytes(b).ok_or_else(|| protocol("entry id is not `ms-seq`"))
+}
+
+/// `ms-seq` parsed from bytes (one id per entry read and per publish: no
+/// UTF-8 pass, no `str::split_once`).
+fn id_bytes(b: &[u8]) -> Option<MessageId> {
+    fn num(d: &[u8]) -> Option<u64> {
+        if d.is_empty() || d.len() > 20 {
+            return None;
+        }
+        let mut n = 0u64;
+        for c in &d[..d.len().min(19)] {
+            let digit = c.wrapping_sub(b'0');
+            if digit > 9 {
+                return None;
+            }
+            // 19 digits cannot overflow a u64.
+            n = n * 10 + u64::from(digit);
+        }
+        if d.len() == 20 {
+            let digit = d[19].wrapping_sub(b'0');
+            if digit > 9 {
+                return None;
+            }
+            n = n.checked_mul(10)?.checked_add(u64::from(digit))?;
+        }
+        Some(n)
+    }
+    let dash = b.iter().position(|c| *c == b'-')?;
+    Some(MessageId {
+        ms: num(&b[..dash])?,
+        seq: num(&b[dash + 1..])?,
+    })
 }
 
 /// An entry id as a command argument, written straight into the command
@@ -57,9 +87,23 @@ pub(crate) struct IdArg(pub(crate) MessageId);
 
 impl redis::ToRedisArgs for IdArg {
     fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
-        use std::io::Write;
-        // Writing into the command's own buffer cannot fail.
-        let _ = write!(out.writer_for_next_arg(), "{}-{}", self.0.ms, self.0.seq);
+        // Digits by hand, one write: `write!` goes through `fmt` and writes
+        // three pieces, several times the cost, once per acked entry.
+        fn put(buf: &mut [u8; 41], mut at: usize, mut n: u64) -> usize {
+            loop {
+                at -= 1;
+                buf[at] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    return at;
+                }
+            }
+        }
+        let mut buf = [0u8; 41];
+        let at = put(&mut buf, 41, self.0.seq) - 1;
+        buf[at] = b'-';
+        let at = put(&mut buf, at, self.0.ms);
+        out.write_arg(&buf[at..]);
     }
 }
 
@@ -301,6 +345,42 @@ mod tests {
 
     fn b(s: &str) -> Value {
         Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn ids_parse_and_write_by_hand() {
+        for (ms, seq) in [
+            (0, 0),
+            (1, 2),
+            (1_700_000_000_000, 17),
+            (u64::MAX, u64::MAX),
+            (u64::MAX, 0),
+        ] {
+            let id = MessageId { ms, seq };
+            assert_eq!(message_id(&b(&id.to_string())).unwrap(), id);
+            let mut c = redis::Cmd::new();
+            c.arg(IdArg(id));
+            assert_eq!(
+                c.args_iter().next(),
+                Some(redis::Arg::Simple(id.to_string().as_bytes()))
+            );
+        }
+        for bad in [
+            "",
+            "-",
+            "1",
+            "1-",
+            "-1",
+            "a-1",
+            "1-b",
+            "1-2-3",
+            "18446744073709551616-0",
+            "0-184467440737095516150",
+            "+1-2",
+            " 1-2",
+        ] {
+            assert!(message_id(&b(bad)).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]
