@@ -157,6 +157,7 @@ impl Codec {
 
     /// Run `f` on `env` encoded, in a buffer this thread reuses (no
     /// allocation per call once it has grown to the largest envelope).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn with_encoded<T>(&self, env: &Envelope, f: impl FnOnce(&[u8]) -> T) -> Result<T> {
         thread_local! {
             static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
