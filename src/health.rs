@@ -180,6 +180,9 @@ impl Health {
     }
 
     /// Run every check concurrently, each with the timeout, and report.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: checks only read; a check still running is cancelled with it.
     pub async fn report(&self) -> HealthReport {
         let checks = self.inner.checks.read().clone();
         let limit = self.inner.check_timeout;
@@ -226,7 +229,13 @@ impl Health {
 #[async_trait]
 pub trait HealthServer: Send + Sync + fmt::Debug {
     /// Start serving `health`.
+    ///
+    /// # Cancel safety
+    /// Dropped before it returns, the server may or may not be listening; call `stop` to be sure it is not.
     async fn start(&self, health: Health) -> Result<Option<SocketAddr>>;
     /// Stop serving.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: the server still closes its connections in the background (idle at once, in-flight requests after at most 1 s).
     async fn stop(&self) -> Result<()>;
 }

@@ -28,9 +28,18 @@ pub trait LivenessStore: Send + Sync + fmt::Debug {
     /// Whether a real backend is wired in and, as far as it knows, answering.
     fn available(&self) -> bool;
     /// Record a fresh heartbeat of `id` for `ttl`.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: one `SET ... PX`, which ran or did not; the next touch restores it.
     async fn touch(&self, id: &InstanceId, ttl: Duration) -> Result<()>;
     /// For each id, whether it is alive; same length and order as `ids`.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: it only reads.
     async fn is_alive_batch(&self, ids: &[InstanceId]) -> Result<Vec<bool>>;
     /// Drop the record of `id`.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: one delete, which ran or did not; the record expires with its TTL anyway.
     async fn forget(&self, id: &InstanceId) -> Result<()>;
 }

@@ -174,14 +174,29 @@ pub(crate) const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 6
 #[async_trait]
 pub trait RegistryStore: Send + Sync + fmt::Debug {
     /// Announce `instance` for `ttl`.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: the entry and its index are written by one atomic script, so it is written whole or not at all; register again.
     async fn register(&self, instance: &Instance, ttl: Duration) -> Result<()>;
     /// Re-arm the TTL; `false` when the entry is gone.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: a refresh that did not land only lets the TTL run down; the next heartbeat (or a re-registration) restores it.
     async fn heartbeat(&self, service: &ServiceName, id: &InstanceId, ttl: Duration) -> Result<bool>;
     /// Remove the entry.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: one atomic step; if it did not run, the entry expires with its TTL.
     async fn deregister(&self, service: &ServiceName, id: &InstanceId) -> Result<()>;
     /// Alive instances of `service`, or of every service when `None`.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: it only reads.
     async fn list<'a>(&self, service: Option<&'a ServiceName>) -> Result<Vec<Instance>>;
     /// Check that the store answers.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: it only reads.
     async fn ping(&self) -> Result<()>;
     /// What this backend can do.
     fn capabilities(&self) -> Capabilities;

@@ -91,6 +91,9 @@ impl ControlClientBuilder {
     }
 
     /// Create the reply stream's group and start reading it.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: it only prepares the reply stream's reader; nothing is sent.
     pub async fn build(self) -> Result<ControlClient> {
         let stream = match self.stream {
             Some(s) => s,
@@ -157,6 +160,9 @@ impl ControlClient {
 
     /// Send `op` with `args` to `target` and wait up to `timeout` for every
     /// targeted instance's outcome.
+    ///
+    /// # Cancel safety
+    /// As for [`send_command`](Self::send_command) and [`Pending::wait`]: the command may have gone out; its answers are then dropped.
     pub async fn call(
         &self,
         target: Target,

@@ -119,6 +119,9 @@ impl FleetMonitor {
     }
 
     /// Mark every service with an alive instance in `registry` as heard from now.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: it only reads the registry; the table is updated once the listing is back.
     pub async fn refresh_from_registry(&self, registry: &dyn RegistryStore) -> Result<()> {
         let now = self.now_s();
         let mut by_service: HashMap<String, Vec<serde_json::Value>> = HashMap::new();
@@ -174,6 +177,9 @@ impl FleetMonitor {
     /// Subscribe to `system.*.health` and `system.bus.health` on `bus` and
     /// keep recording until the returned task is dropped. When a
     /// subscription ends (its connection dropped), it subscribes again.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: a subscription not yet returned is closed with the future; nothing runs until it returns.
     pub async fn start(self: &Arc<Self>, bus: Arc<dyn EventBus>) -> Result<MonitorTask> {
         // The first subscription is made before returning, so no heartbeat
         // published after `start` is missed.

@@ -117,6 +117,9 @@ impl Topology {
 
     /// Create the groups of `role` (and their streams); existing ones are kept.
     /// Returns the pairs that were newly created.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: each group is created by one idempotent command; call it again.
     pub async fn ensure_streams(
         &self,
         bus: &dyn EventBus,

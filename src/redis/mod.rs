@@ -291,6 +291,9 @@ impl RedisBackend {
     }
 
     /// `PING` the server (failing at once while it is marked unavailable).
+    ///
+    /// # Cancel safety
+    /// Safe to drop: it only reads.
     pub async fn ping(&self) -> Result<()> {
         let mut conn = self.conn.manager();
         self.conn

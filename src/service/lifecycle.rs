@@ -358,6 +358,9 @@ impl Lifecycle {
     /// Shutdown first takes the instance out of rotation (not ready, out of
     /// the registry), then lets `run` drain, then stops the health server
     /// and calls `on_stop`.
+    ///
+    /// # Cancel safety
+    /// Prefer [`Shutdown::trigger`](super::Shutdown::trigger), which drains. Dropped, the background loops stop with it and the registry entry is left to expire with its TTL (not deregistered at once).
     pub async fn run(&self, service: &dyn Service) -> Result<()> {
         // `select` polls its first future first: the signal handlers are in
         // place before the first boot step, so no signal finds the default
@@ -373,6 +376,9 @@ impl Lifecycle {
     /// shutdown (also when asked during boot), 1 when boot failed (the
     /// hard-fail gate, `on_start`) or `run` failed, and [`EXIT_RESTART`]
     /// (75) after a `restart` control command, however `run` ended.
+    ///
+    /// # Cancel safety
+    /// As for [`run`](Self::run).
     pub async fn run_process(&self, service: &dyn Service) -> std::process::ExitCode {
         let out = self.run(service).await;
         if self.restart_requested() {
