@@ -206,7 +206,8 @@ pub struct GroupInfo {
     pub pending: u64,
     /// Last id delivered to the group.
     pub last_delivered: MessageId,
-    /// Entries not yet delivered to the group, when the store can tell.
+    /// Entries not yet delivered to the group, when the store can tell;
+    /// entries trimmed before delivery count too (Redis 7's `lag`).
     pub lag: Option<u64>,
     /// How many entries the group has had delivered since its creation, as the
     /// store counts them (entries trimmed before delivery count once skipped over).

@@ -208,6 +208,16 @@ impl StreamState {
         }
     }
 
+    /// Entries not yet delivered to `g`, counted as Redis 7 counts them
+    /// (`entries-added - entries-read`): entries trimmed before delivery are
+    /// included; without a known read count, the entries after its last delivered.
+    fn lag(&self, g: &GroupState) -> u64 {
+        match g.entries_read {
+            Some(read) => self.entries_added.saturating_sub(read),
+            None => self.count_after(g.last_delivered),
+        }
+    }
+
     /// Entries trimmed before `g` had them delivered, while that gap is still
     /// ahead of it, from the same counters Redis 7 keeps (`lag - length`).
     fn trimmed_undelivered(&self, g: &GroupState) -> Option<u64> {
@@ -863,7 +873,7 @@ impl EventBus for MemoryBus {
                     consumers: g.consumers.len() as u64,
                     pending: g.pel.len() as u64,
                     last_delivered: g.last_delivered,
-                    lag: Some(st.count_after(g.last_delivered)),
+                    lag: Some(st.lag(g)),
                     entries_read: g.entries_read,
                 })
                 .collect(),
@@ -883,7 +893,7 @@ impl EventBus for MemoryBus {
         Ok(Backlog {
             length: st.entries.len() as u64,
             pending: g.pel.len() as u64,
-            lag: Some(st.count_after(g.last_delivered)),
+            lag: Some(st.lag(g)),
             max_len: self.inner.config.max_len_of(stream),
             trimmed_undelivered: st.trimmed_undelivered(g),
         })

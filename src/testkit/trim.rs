@@ -128,6 +128,11 @@ async fn drop_oldest_counts(make: MakeBus<'_>) -> CaseResult {
         CAP * 5,
         b.length
     );
+    ensure!(
+        b.lag == Some(CAP * 5),
+        "lag {:?}: every published entry is undelivered, trimmed or not",
+        b.lag
+    );
     let got = drain(bus.as_ref(), &s, &g, true).await?;
     ensure!(
         got.len() as u64 == b.length,
