@@ -27,8 +27,7 @@ async fn trim_policies_on_memory() {
 }
 
 #[cfg(feature = "redis")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn trim_policies_on_redis() {
+async fn trim_policies_on_redis_with(acked_trim: Option<bool>) {
     use fleetwire::redis::RedisBackend;
     let Some(server) = support::RedisServer::start() else {
         return;
@@ -41,12 +40,52 @@ async fn trim_policies_on_redis() {
                 .max_len_floor(1)
                 .max_len(CAP)
                 .trim_policy(policy)
+                .acked_trim(acked_trim)
                 .build()
                 .expect("backend")
                 .bus(),
         )
     };
     let report = testkit::trim::run(&make).await;
-    println!("trim policies on Redis:\n{report}");
+    println!("trim policies on Redis (acked_trim {acked_trim:?}):\n{report}");
     report.assert_all_passed();
+    // Redis 7.0 refuses `XTRIM ... ACKED` (a failed call in commandstats):
+    // tried only when forced, and then the fallback trim above was exact.
+    let info = server.cmd(&["INFO", "server"]);
+    assert!(info.contains("redis_version:7."), "this test expects Redis 7");
+    let refused = refused_xtrims(&server);
+    match acked_trim {
+        Some(true) => assert!(refused > 0, "ACKED was never tried"),
+        _ => assert_eq!(refused, 0, "ACKED was tried on Redis 7 without being forced"),
+    }
+}
+
+/// `XTRIM` calls the server refused (`failed_calls` + `rejected_calls`).
+#[cfg(feature = "redis")]
+fn refused_xtrims(server: &support::RedisServer) -> u64 {
+    let stats = server.cmd(&["INFO", "commandstats"]);
+    let Some(line) = stats.lines().find(|l| l.starts_with("cmdstat_xtrim:")) else {
+        return 0;
+    };
+    line.split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| matches!(*k, "failed_calls" | "rejected_calls"))
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum()
+}
+
+/// Detected: Redis 7.0 has no `ACKED` trimming, so the script computes the
+/// safe trim point (the tested path).
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trim_policies_on_redis() {
+    trim_policies_on_redis_with(None).await;
+}
+
+/// `ACKED` forced on a server without it: the script falls back within the
+/// same call and the suite still loses nothing.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trim_policies_on_redis_forced_acked_falls_back() {
+    trim_policies_on_redis_with(Some(true)).await;
 }

@@ -3,7 +3,9 @@ use super::{
     guard::{Guarded, Orphan},
     keys::Keys,
     parse::{self, IdArg, BODY_FIELD},
-    scripts, Conn,
+    scripts,
+    server::AckedTrim,
+    Conn,
 };
 use crate::{
     bus_config::{BacklogGuard, BacklogSample, BusConfig},
@@ -41,16 +43,18 @@ pub struct RedisBus {
     keys: Keys,
     config: Arc<BusConfig>,
     guard: Arc<BacklogGuard>,
+    acked_trim: Arc<AckedTrim>,
 }
 
 impl RedisBus {
-    pub(crate) fn new(conn: Arc<Conn>, keys: Keys, config: BusConfig) -> Self {
+    pub(crate) fn new(conn: Arc<Conn>, keys: Keys, config: BusConfig, acked_trim: Arc<AckedTrim>) -> Self {
         let guard = Arc::new(BacklogGuard::new(config.backlog));
         Self {
             conn,
             keys,
             config: Arc::new(config),
             guard,
+            acked_trim,
         }
     }
 
@@ -173,10 +177,12 @@ impl RedisBus {
         } else {
             "reject"
         };
+        let acked = self.acked_trim.get(&mut self.conn.manager()).await;
         let mut pause = Duration::from_millis(5);
         loop {
             let mut call = scripts::KEEP_ADD.key(stream.as_str());
             call.arg(max_len).arg(hard_cap).arg(mode).arg(BODY_FIELD);
+            call.arg(if acked { "1" } else { "0" });
             for body in bodies {
                 call.arg(*body);
             }

@@ -32,6 +32,7 @@ mod liveness;
 pub mod parse;
 mod registry;
 mod scripts;
+mod server;
 mod topics;
 
 pub use bus::RedisBus;
@@ -47,6 +48,7 @@ use crate::{
 };
 use connection::{redact, Blocking, Conn};
 use keys::Keys;
+use server::AckedTrim;
 use std::{sync::Arc, time::Duration};
 
 /// The connections and settings shared by the Redis backends.
@@ -57,6 +59,7 @@ pub struct RedisBackend {
     bus: BusConfig,
     adopt_legacy_every: Option<Duration>,
     adoption: Arc<std::sync::Once>,
+    acked_trim: Arc<AckedTrim>,
 }
 
 /// Builds a [`RedisBackend`]. Every setting has a documented default.
@@ -71,6 +74,7 @@ pub struct RedisBackendBuilder {
     liveness_key_prefix: Option<String>,
     bus: BusConfig,
     adopt_legacy_every: Option<Duration>,
+    acked_trim: Option<bool>,
 }
 
 impl std::fmt::Debug for RedisBackendBuilder {
@@ -84,6 +88,7 @@ impl std::fmt::Debug for RedisBackendBuilder {
             .field("probe_every", &self.probe_every)
             .field("liveness_key_prefix", &self.liveness_key_prefix)
             .field("adopt_legacy_every", &self.adopt_legacy_every)
+            .field("acked_trim", &self.acked_trim)
             .finish_non_exhaustive()
     }
 }
@@ -100,6 +105,7 @@ impl Default for RedisBackendBuilder {
             liveness_key_prefix: None,
             bus: BusConfig::default(),
             adopt_legacy_every: None,
+            acked_trim: None,
         }
     }
 }
@@ -204,6 +210,18 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// Whether keep-unacknowledged trimming uses Redis 8.2's `XTRIM ... ACKED`
+    /// (the server trims exactly the entries every group has read and
+    /// acknowledged) instead of computing that point in a script. Default:
+    /// detected once per backend from `INFO server` (a server that refuses
+    /// `INFO`, e.g. by ACL, counts as older). `Some(true)` skips detection; a
+    /// server that then refuses `ACKED` falls back to the script's own trim
+    /// within the same call, so no setting can lose an entry.
+    pub fn acked_trim(mut self, use_acked: Option<bool>) -> Self {
+        self.acked_trim = use_acked;
+        self
+    }
+
     /// Build the backend. No connection is made until the first call, so
     /// this succeeds while Redis is down; call it inside the async runtime.
     pub fn build(self) -> Result<RedisBackend> {
@@ -241,6 +259,7 @@ impl RedisBackendBuilder {
             bus: self.bus,
             adopt_legacy_every: self.adopt_legacy_every,
             adoption: Arc::new(std::sync::Once::new()),
+            acked_trim: Arc::new(AckedTrim::new(self.acked_trim)),
         })
     }
 }
@@ -287,7 +306,12 @@ impl RedisBackend {
 
     /// The event bus.
     pub fn bus(&self) -> RedisBus {
-        RedisBus::new(self.conn.clone(), self.keys.clone(), self.bus.clone())
+        RedisBus::new(
+            self.conn.clone(),
+            self.keys.clone(),
+            self.bus.clone(),
+            self.acked_trim.clone(),
+        )
     }
 
     /// `PING` the server (failing at once while it is marked unavailable).

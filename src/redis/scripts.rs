@@ -165,15 +165,18 @@ return {1, held}
 /// (`XTRIM MINID` at the lowest id some group still needs: its oldest
 /// pending entry, or the one after its last delivered); a stream without
 /// groups trims by length, to 90 % of the cap (`no_group_trim_len`). At the hard cap, reject or (`drop`) trim by length.
+/// With `acked` = `1` (Redis 8.2+) the server's own `XTRIM MAXLEN = 0 ACKED`
+/// does the group trim; if the server refuses it, the script computes the
+/// safe point itself, so the flag can never cost an entry.
 ///
-/// KEYS: stream. ARGV: max_len, hard_cap, `reject` | `drop`, body field, bodies...
+/// KEYS: stream. ARGV: max_len, hard_cap, `reject` | `drop`, body field, acked (`1` | `0`), bodies...
 /// Returns `{'ok', length, ids...}` or `{'full', length}`.
 pub(crate) static KEEP_ADD: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local key = KEYS[1]
 local max_len, hard_cap = tonumber(ARGV[1]), tonumber(ARGV[2])
-local n = #ARGV - 4
+local n = #ARGV - 5
 local function parse(id)
   local ms, seq = string.match(id, '^(%d+)-(%d+)$')
   return tonumber(ms), tonumber(seq)
@@ -189,7 +192,7 @@ if len + n > max_len then
   if type(groups) ~= 'table' or groups.err then groups = {} end
   if #groups == 0 then
     redis.call('XTRIM', key, 'MAXLEN', '=', math.max(max_len - math.floor(max_len / 10) - n, 0))
-  else
+  elseif ARGV[5] ~= '1' or type(redis.pcall('XTRIM', key, 'MAXLEN', '=', 0, 'ACKED')) ~= 'number' then
     local safe = nil
     for _, g in ipairs(groups) do
       local name, last
@@ -211,7 +214,7 @@ if len + n > hard_cap then
   redis.call('XTRIM', key, 'MAXLEN', '=', math.max(hard_cap - n, 0))
 end
 local out = {'ok', 0}
-for i = 5, #ARGV do out[#out + 1] = redis.call('XADD', key, '*', ARGV[4], ARGV[i]) end
+for i = 6, #ARGV do out[#out + 1] = redis.call('XADD', key, '*', ARGV[4], ARGV[i]) end
 out[2] = redis.call('XLEN', key)
 return out
 "#,
