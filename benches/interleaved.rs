@@ -165,13 +165,15 @@ struct Drain {
     raw: MultiplexedConnection,
     body: Vec<u8>,
     runner: Runner,
+    /// Concurrency 128: two reads of 64 in flight, each the raw loops' read size.
+    runner_wide: Runner,
     countdown: Arc<Countdown>,
     /// What the last round's drain cost this process.
     drain_usage: Mutex<ProcessUsage>,
 }
 
 /// The three compared sides' streams, then the bus-level loop used for attribution.
-const SIDES: [&str; 4] = ["d:runner", "d:pipelined", "d:naive", "d:bus"];
+const SIDES: [&str; 5] = ["d:runner", "d:pipelined", "d:naive", "d:bus", "d:runner-wide"];
 
 impl Drain {
     async fn new(backend: &RedisBackend, raw: MultiplexedConnection, body: Vec<u8>) -> Self {
@@ -183,25 +185,29 @@ impl Drain {
                 .unwrap();
         }
         let countdown = Arc::new(Countdown::default());
-        let c = countdown.clone();
-        let runner = Runner::builder(
-            bus.clone(),
-            StreamName::new(SIDES[0]).unwrap(),
-            group,
-            ConsumerName::new("runner").unwrap(),
-        )
-        .concurrency(64)
-        .handler(move |_: Delivery| {
-            c.tick();
-            async { HandlerResult::Ok(()) }
-        })
-        .build()
-        .unwrap();
+        let runner = |stream: &str, concurrency: usize| {
+            let c = countdown.clone();
+            Runner::builder(
+                bus.clone(),
+                StreamName::new(stream).unwrap(),
+                group.clone(),
+                ConsumerName::new("runner").unwrap(),
+            )
+            .concurrency(concurrency)
+            .handler(move |_: Delivery| {
+                c.tick();
+                async { HandlerResult::Ok(()) }
+            })
+            .build()
+            .unwrap()
+        };
+        let (runner, runner_wide) = (runner(SIDES[0], 64), runner(SIDES[4], 128));
         Self {
             bus,
             raw,
             body,
             runner,
+            runner_wide,
             countdown,
             drain_usage: Mutex::new(ProcessUsage::default()),
         }
@@ -228,7 +234,8 @@ impl Drain {
         let me = self.clone();
         let took = tokio::spawn(async move {
             match side {
-                0 => me.by_runner(n).await,
+                0 => me.by_runner(&me.runner, n).await,
+                4 => me.by_runner(&me.runner_wide, n).await,
                 1 => me.by_pipelined_loop(n, count).await,
                 2 => me.by_naive_loop(n).await,
                 _ => me.by_bus_loop(n, count).await,
@@ -251,10 +258,10 @@ impl Drain {
         took
     }
 
-    async fn by_runner(&self, n: usize) -> Duration {
+    async fn by_runner(&self, runner: &Runner, n: usize) -> Duration {
         let all_handled = self.countdown.arm(n);
         let start = Instant::now();
-        self.runner
+        runner
             .run(async move {
                 let _ = all_handled.await;
             })
@@ -355,32 +362,42 @@ impl Drain {
 
     async fn run(self: &Arc<Self>, server: &support::RedisServer) {
         let n = DRAIN_N;
-        for side in 0..3 {
+        for side in [0, 1, 2, 4] {
             self.round(side, n).await;
         }
         let mut times = [Vec::new(), Vec::new(), Vec::new()];
+        let mut wide = Vec::new();
         // The runner's XREADGROUPs per round (counted outside the timed part).
         let mut runner_reads = Vec::new();
         for round in 0..rounds() {
-            for k in 0..3 {
-                let side = (round + k) % 3;
+            for k in 0..4 {
+                let side = [0, 1, 2, 4][(round + k) % 4];
                 let before = (side == 0).then(|| server.calls("xreadgroup"));
-                times[side].push(self.round(side, n).await.as_secs_f64());
+                let took = self.round(side, n).await.as_secs_f64();
+                match side {
+                    4 => wide.push(took),
+                    _ => times[side].push(took),
+                }
                 if let Some(before) = before {
                     runner_reads.push(server.calls("xreadgroup") - before);
                 }
             }
         }
         let per_msg = |t: &[f64]| median(t.to_vec()) / n as f64 * 1e6;
-        for (side, target, goal) in [(1, "pipelined", 1.0), (2, "naive", 1.3)] {
-            let mut ratios: Vec<f64> = times[0].iter().zip(&times[side]).map(|(f, r)| f / r).collect();
+        for (runner, concurrency, side, target, goal) in [
+            (&times[0], 64, 1, "pipelined", 1.0),
+            (&times[0], 64, 2, "naive", 1.3),
+            (&wide, 128, 1, "pipelined", 1.0),
+            (&wide, 128, 2, "naive", 1.3),
+        ] {
+            let mut ratios: Vec<f64> = runner.iter().zip(&times[side]).map(|(f, r)| f / r).collect();
             ratios.sort_by(|a, b| a.total_cmp(b));
             let k = ratios.len();
             let (q1, med, q3) = (ratios[k / 4], ratios[k / 2], ratios[3 * k / 4]);
             println!(
-                "| consume/runner vs {target} raw loop (drain {n}, runner concurrency 64, no-op handler) | {:.2} µs/msg | {:.2} µs/msg | {med:.2}× (IQR {q1:.2}–{q3:.2}) → throughput {:.2}× | throughput ≥ {goal}×, i.e. ≤ {:.2}× | load {} |",
+                "| consume/runner vs {target} raw loop (drain {n}, runner concurrency {concurrency}, no-op handler) | {:.2} µs/msg | {:.2} µs/msg | {med:.2}× (IQR {q1:.2}–{q3:.2}) → throughput {:.2}× | throughput ≥ {goal}×, i.e. ≤ {:.2}× | load {} |",
                 per_msg(&times[side]),
-                per_msg(&times[0]),
+                per_msg(runner),
                 1.0 / med,
                 1.0 / goal,
                 load_average(),
