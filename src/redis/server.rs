@@ -31,7 +31,7 @@ pub(crate) fn parse_version(info: &str) -> Option<Version> {
 /// answer is "no" (the Redis 7.0 path, correct on every server). The append
 /// script falls back to its own safe-point trim if `ACKED` is refused, so a
 /// failover to an older server stays correct too.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct AckedTrim(AtomicU8); // 0: not yet known
 
 const NO: u8 = 1;
