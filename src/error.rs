@@ -34,6 +34,10 @@ pub enum ErrorKind {
     /// The store refused the credentials (Redis `NOAUTH`, `WRONGPASS`):
     /// retrying with the same configuration will not help.
     Authentication,
+    /// A TLS handshake failed: the server's certificate is not trusted or
+    /// does not name the host, or the server refused the client's. Retrying
+    /// with the same configuration will not help.
+    Tls,
 }
 
 impl fmt::Display for ErrorKind {
@@ -50,6 +54,7 @@ impl fmt::Display for ErrorKind {
             Self::Conflict => "conflict",
             Self::Backpressure => "backpressure",
             Self::Authentication => "authentication",
+            Self::Tls => "tls",
         })
     }
 }

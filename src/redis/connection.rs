@@ -45,7 +45,9 @@ pub(crate) fn map_err(e: RedisError, what: impl std::fmt::Display) -> Error {
     let has = |wanted: &[&str]| codes.iter().any(|c| wanted.contains(&c.as_str()));
     // Some replies (errors inside a script's reply, say) only name the code in their text.
     let message = e.to_string().to_ascii_lowercase();
-    let kind = if has(&["NOAUTH", "WRONGPASS"]) || e.kind() == redis::ErrorKind::AuthenticationFailed {
+    let kind = if is_tls_failure(&e) {
+        ErrorKind::Tls
+    } else if has(&["NOAUTH", "WRONGPASS"]) || e.kind() == redis::ErrorKind::AuthenticationFailed {
         ErrorKind::Authentication
     } else if has(&["NOGROUP"]) || message.contains("nogroup") || message.contains("no such key") {
         ErrorKind::NotFound
@@ -70,6 +72,18 @@ pub(crate) fn map_err(e: RedisError, what: impl std::fmt::Display) -> Error {
         ErrorKind::Protocol
     };
     Error::new(kind, format!("{what} failed")).with_source(e)
+}
+
+/// Whether a TLS handshake failed (a certificate was rejected): not a
+/// connection failure to wait out.
+#[cfg(feature = "redis-tls")]
+pub(crate) fn is_tls_failure(e: &RedisError) -> bool {
+    super::tls::tls_failure(e).is_some()
+}
+
+#[cfg(not(feature = "redis-tls"))]
+pub(crate) fn is_tls_failure(_: &RedisError) -> bool {
+    false
 }
 
 /// Whether `e` says the server could not be reached or stopped answering
@@ -346,7 +360,9 @@ impl Conn {
         match rt::timeout(self.response_timeout, command).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
-                if is_connection_failure(&e) {
+                // A rejected certificate is no outage: every call keeps
+                // reporting it as such instead of "unavailable".
+                if is_connection_failure(&e) && !is_tls_failure(&e) {
                     self.mark_down(e.to_string());
                 }
                 Err(map_err(e, what()))

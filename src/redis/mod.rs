@@ -33,11 +33,15 @@ pub mod parse;
 mod registry;
 mod scripts;
 mod server;
+#[cfg(feature = "redis-tls")]
+mod tls;
 mod topics;
 
 pub use bus::RedisBus;
 pub use liveness::RedisLiveness;
 pub use registry::RedisRegistry;
+#[cfg(feature = "redis-tls")]
+pub use tls::RedisTls;
 
 use crate::{
     bus::BacklogPolicy,
@@ -75,6 +79,8 @@ pub struct RedisBackendBuilder {
     bus: BusConfig,
     adopt_legacy_every: Option<Duration>,
     acked_trim: Option<bool>,
+    #[cfg(feature = "redis-tls")]
+    tls: Option<RedisTls>,
 }
 
 impl std::fmt::Debug for RedisBackendBuilder {
@@ -106,13 +112,15 @@ impl Default for RedisBackendBuilder {
             bus: BusConfig::default(),
             adopt_legacy_every: None,
             acked_trim: None,
+            #[cfg(feature = "redis-tls")]
+            tls: None,
         }
     }
 }
 
 impl RedisBackendBuilder {
     /// Server URL (default `redis://127.0.0.1:6379`); `redis://:password@host`
-    /// and `rediss://` (with redis-rs TLS features) work.
+    /// and, with the `redis-tls` feature, `rediss://` work.
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = url.into();
         self
@@ -227,12 +235,7 @@ impl RedisBackendBuilder {
     pub fn build(self) -> Result<RedisBackend> {
         self.bus.warn_raised_caps();
         let redacted_url = redact(&self.url);
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| {
-            Error::invalid(format!(
-                "invalid Redis URL `{redacted_url}`: {}",
-                e.detail().unwrap_or("unparsable")
-            ))
-        })?;
+        let client = self.open_client(&redacted_url)?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.response_timeout))
@@ -260,6 +263,28 @@ impl RedisBackendBuilder {
             adopt_legacy_every: self.adopt_legacy_every,
             adoption: Arc::new(std::sync::Once::new()),
             acked_trim: Arc::new(AckedTrim::new(self.acked_trim)),
+        })
+    }
+}
+
+impl RedisBackendBuilder {
+    fn open_client(&self, redacted_url: &str) -> Result<redis::Client> {
+        #[cfg(feature = "redis-tls")]
+        if let Some(tls) = &self.tls {
+            return tls.client(&self.url, redacted_url);
+        }
+        if self.url.starts_with("rediss://") && !cfg!(feature = "redis-tls") {
+            return Err(Error::invalid(format!(
+                "Redis URL `{redacted_url}` asks for TLS: enable fleetwire's `redis-tls` feature"
+            )));
+        }
+        #[cfg(feature = "redis-tls")]
+        tls::install_crypto_provider();
+        redis::Client::open(self.url.as_str()).map_err(|e| {
+            Error::invalid(format!(
+                "invalid Redis URL `{redacted_url}`: {}",
+                e.detail().unwrap_or("unparsable")
+            ))
         })
     }
 }

@@ -18,6 +18,8 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     child: Option<Child>,
     extra: Vec<String>,
+    /// Listens only on a TLS port (`port`), see [`RedisServer::start_tls`].
+    tls: bool,
 }
 
 fn free_port() -> u16 {
@@ -38,6 +40,18 @@ fn answers_ping(port: u16) -> bool {
             .is_ok_and(|n| buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
 }
 
+/// Whether `redis-server` can run; outside CI a loud message when not, in CI a panic.
+fn installed() -> bool {
+    if Command::new("redis-server").arg("--version").output().is_ok() {
+        return true;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!("redis-server is not installed, and CI is set: the Redis tests cannot run");
+    }
+    eprintln!("\n!!! redis-server not found: SKIPPING the Redis tests (install it to run them) !!!\n");
+    false
+}
+
 impl RedisServer {
     /// Start one, or `None` (with a loud message) when `redis-server` is
     /// missing outside CI. In CI (`CI` set) a missing server panics.
@@ -47,13 +61,7 @@ impl RedisServer {
 
     /// Start one with extra `redis-server` arguments (e.g. `--requirepass`).
     pub fn start_with(extra: &[&str]) -> Option<Self> {
-        if Command::new("redis-server").arg("--version").output().is_err() {
-            if std::env::var_os("CI").is_some() {
-                panic!("redis-server is not installed, and CI is set: the Redis tests cannot run");
-            }
-            eprintln!(
-                "\n!!! redis-server not found: SKIPPING the Redis tests (install it to run them) !!!\n"
-            );
+        if !installed() {
             return None;
         }
         for _ in 0..5 {
@@ -62,6 +70,7 @@ impl RedisServer {
                 dir: tempfile::tempdir().expect("temp dir"),
                 child: None,
                 extra: extra.iter().map(|s| s.to_string()).collect(),
+                tls: false,
             };
             if server.spawn() {
                 return Some(server);
@@ -69,6 +78,28 @@ impl RedisServer {
             // Another process took the port between our probe and the bind: try another.
         }
         panic!("redis-server did not come up on any of 5 ports");
+    }
+
+    /// Start one that serves TLS only, on `port` (`--port 0 --tls-port`);
+    /// `extra` names the certificate files (`--tls-cert-file` ...). Ready
+    /// once the port accepts connections: it cannot be pinged in plain text.
+    pub fn start_tls(extra: &[&str]) -> Option<Self> {
+        if !installed() {
+            return None;
+        }
+        for _ in 0..5 {
+            let mut server = Self {
+                port: free_port(),
+                dir: tempfile::tempdir().expect("temp dir"),
+                child: None,
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                tls: true,
+            };
+            if server.spawn() {
+                return Some(server);
+            }
+        }
+        panic!("redis-server with TLS did not come up on any of 5 ports (is it built with TLS?)");
     }
 
     pub fn url(&self) -> String {
@@ -80,17 +111,15 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> bool {
+        let port = self.port.to_string();
+        let ports = if self.tls {
+            vec!["--port", "0", "--tls-port", &port]
+        } else {
+            vec!["--port", &port]
+        };
         let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+            .args(ports)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
@@ -103,7 +132,12 @@ impl RedisServer {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if answers_ping(self.port) {
+            let up = if self.tls {
+                TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            } else {
+                answers_ping(self.port)
+            };
+            if up {
                 return true;
             }
             if let Some(Ok(Some(_))) = self.child.as_mut().map(|c| c.try_wait()) {

@@ -1,0 +1,269 @@
+//! Redis over TLS: certificates made at test time (rcgen), a private
+//! redis-server serving only TLS, the registry, liveness and bus conformance
+//! suites over it, mutual TLS, and the failures a user sees (unknown CA, a
+//! host name the certificate does not name, no client certificate): a
+//! non-temporary `Tls` error, quickly, never a retry loop.
+#![cfg(all(feature = "redis-tls", feature = "testkit"))]
+
+mod support;
+
+use fleetwire::{
+    redis::{RedisBackend, RedisTls},
+    testkit::{self, RealTime},
+    ErrorKind, Instance, InstanceId, RegistryStore, ServiceName,
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+use support::RedisServer;
+
+/// A CA and the certificates it signed, as PEM, and as files for redis-server.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn ca(name: &str) -> (Issuer<'static, KeyPair>, String) {
+    let key = KeyPair::generate().expect("CA key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.distinguished_name.push(DnType::CommonName, name);
+    let cert = params.self_signed(&key).expect("CA cert");
+    (Issuer::new(params, key), cert.pem())
+}
+
+fn leaf(issuer: &Issuer<'_, KeyPair>, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
+    let key = KeyPair::generate().expect("key");
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
+    params.distinguished_name.push(DnType::CommonName, names[0]);
+    params.extended_key_usages = vec![usage];
+    let cert = params.signed_by(&key, issuer).expect("sign");
+    (cert.pem(), key.serialize_pem())
+}
+
+impl Pki {
+    /// A CA, a server certificate for `localhost` only (so `127.0.0.1` is a
+    /// host-name mismatch), and a client certificate.
+    fn new() -> Self {
+        let (issuer, ca) = ca("fleetwire test CA");
+        let (server_cert, server_key) = leaf(&issuer, &["localhost"], ExtendedKeyUsagePurpose::ServerAuth);
+        let (client_cert, client_key) = leaf(
+            &issuer,
+            &["fleetwire-client"],
+            ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        let dir = tempfile::tempdir().expect("temp dir");
+        for (name, pem) in [
+            ("ca.crt", &ca),
+            ("server.crt", &server_cert),
+            ("server.key", &server_key),
+        ] {
+            std::fs::write(dir.path().join(name), pem).expect("write pem");
+        }
+        Self {
+            dir,
+            ca,
+            client_cert,
+            client_key,
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    /// Start redis-server on TLS only; `auth_clients` is `no` or `yes` (mutual TLS).
+    fn server(&self, auth_clients: &str) -> Option<RedisServer> {
+        let (cert, key, ca) = (
+            self.path("server.crt"),
+            self.path("server.key"),
+            self.path("ca.crt"),
+        );
+        RedisServer::start_tls(&[
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            auth_clients,
+        ])
+    }
+
+    fn tls(&self) -> RedisTls {
+        RedisTls::new().ca_pem(self.ca.as_bytes())
+    }
+
+    fn mtls(&self) -> RedisTls {
+        self.tls()
+            .client_cert_pem(self.client_cert.as_bytes(), self.client_key.as_bytes())
+    }
+}
+
+fn url(server: &RedisServer) -> String {
+    format!("rediss://localhost:{}", server.port)
+}
+
+fn backend(url: String, tls: RedisTls) -> RedisBackend {
+    RedisBackend::builder()
+        .url(url)
+        .tls(tls)
+        .max_len_floor(1)
+        .max_len(200)
+        .connect_timeout(Duration::from_secs(2))
+        .build()
+        .expect("backend")
+}
+
+async fn suites(redis: &RedisBackend) {
+    let reports = [
+        (
+            "registry",
+            testkit::registry::run(&redis.registry(), &RealTime).await,
+        ),
+        (
+            "liveness",
+            testkit::liveness::run(&redis.liveness(), &RealTime).await,
+        ),
+        // Blocking reads go through the pool's own connections: TLS too.
+        ("bus", testkit::bus::run(&redis.bus(), &RealTime).await),
+    ];
+    for (name, r) in &reports {
+        println!("{name} over TLS:\n{r}");
+        r.assert_all_passed();
+    }
+}
+
+/// Expect a `Tls` error, not temporary, within a bounded time; and the same
+/// (not "unavailable") on the next call.
+async fn expect_tls_failure(redis: &RedisBackend, case: &str) {
+    for attempt in 0..2 {
+        let started = Instant::now();
+        let err = redis.ping().await.expect_err(case);
+        let took = started.elapsed();
+        println!("{case} (call {attempt}): {err} [{:?} after {took:?}]", err.kind());
+        assert_eq!(err.kind(), ErrorKind::Tls, "{case}: {err}");
+        assert!(!err.is_temporary(), "{case}: a TLS failure is not temporary");
+        assert!(took < Duration::from_secs(2), "{case}: took {took:?}");
+    }
+    assert!(redis.available(), "{case}: a rejected certificate is no outage");
+    // The bus's blocking reads report the same.
+    let stream = fleetwire::StreamName::new("tls-probe").unwrap();
+    let group = fleetwire::GroupName::new("g").unwrap();
+    let err = fleetwire::EventBus::ensure_group(&redis.bus(), &stream, &group, fleetwire::StartFrom::Latest)
+        .await
+        .expect_err(case);
+    assert_eq!(err.kind(), ErrorKind::Tls, "{case}, bus: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_over_tls_on_tokio() {
+    let pki = Pki::new();
+    let Some(server) = pki.server("no") else { return };
+    suites(&backend(url(&server), pki.tls())).await;
+}
+
+#[cfg(feature = "rt-smol")]
+#[test]
+fn registry_over_tls_on_smol() {
+    let pki = Pki::new();
+    let Some(server) = pki.server("no") else { return };
+    smol::block_on(async {
+        let redis = backend(url(&server), pki.tls());
+        let r = testkit::registry::run(&redis.registry(), &RealTime).await;
+        r.assert_all_passed();
+        let r = testkit::bus::run(&redis.bus(), &RealTime).await;
+        r.assert_all_passed();
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_client_certificate() {
+    let pki = Pki::new();
+    let Some(server) = pki.server("yes") else { return };
+    let redis = backend(url(&server), pki.mtls());
+    redis.ping().await.expect("ping with a client certificate");
+    let registry = redis.registry();
+    let svc = ServiceName::new("gateway").unwrap();
+    let id = InstanceId::new("gw-1").unwrap();
+    registry
+        .register(
+            &Instance::new(svc.clone(), id.clone(), fleetwire::Status::Running),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("register over mTLS");
+    assert_eq!(registry.list(Some(&svc)).await.unwrap().len(), 1);
+    let r = testkit::bus::run(&redis.bus(), &RealTime).await;
+    r.assert_all_passed();
+
+    // The same server refuses a client without a certificate.
+    expect_tls_failure(&backend(url(&server), pki.tls()), "no client certificate").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_ca_fails_cleanly() {
+    let pki = Pki::new();
+    let Some(server) = pki.server("no") else { return };
+    let (_, other_ca) = ca("some other CA");
+    let redis = backend(url(&server), RedisTls::new().ca_pem(other_ca));
+    expect_tls_failure(&redis, "unknown CA").await;
+    // The system's roots do not know the test CA either.
+    expect_tls_failure(&backend(url(&server), RedisTls::new()), "system roots").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_name_mismatch_fails_cleanly() {
+    let pki = Pki::new();
+    let Some(server) = pki.server("no") else { return };
+    // The certificate names `localhost`, not the address.
+    let redis = backend(format!("rediss://127.0.0.1:{}", server.port), pki.tls());
+    expect_tls_failure(&redis, "host name mismatch").await;
+}
+
+#[tokio::test]
+async fn bad_settings_are_invalid_input() {
+    let pki = Pki::new();
+    let cases: [(&str, String, RedisTls); 4] = [
+        ("plain URL", "redis://localhost:6379".into(), pki.tls()),
+        (
+            "not PEM",
+            "rediss://localhost:1".into(),
+            RedisTls::new().ca_pem("not a certificate"),
+        ),
+        (
+            "no key",
+            "rediss://localhost:1".into(),
+            pki.tls().client_cert_pem(pki.client_cert.as_bytes(), "nothing"),
+        ),
+        (
+            "empty CA",
+            "rediss://localhost:1".into(),
+            RedisTls::new().ca_pem(""),
+        ),
+    ];
+    for (case, url, tls) in cases {
+        let err = RedisBackend::builder().url(url).tls(tls).build().expect_err(case);
+        println!("{case}: {err}");
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{case}: {err}");
+    }
+    let missing = PathBuf::from("/nonexistent/ca.crt");
+    let err = RedisTls::new().ca_file(&missing).expect_err("missing file");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("/nonexistent/ca.crt"), "{err}");
+    // Files work as PEM does.
+    let tls = RedisTls::new()
+        .ca_file(pki.dir.path().join("ca.crt"))
+        .expect("ca file");
+    assert!(format!("{tls:?}").contains("custom_ca: true"));
+}
