@@ -66,6 +66,8 @@ impl Pki {
             ("ca.crt", &ca),
             ("server.crt", &server_cert),
             ("server.key", &server_key),
+            ("client.crt", &client_cert),
+            ("client.key", &client_key),
         ] {
             std::fs::write(dir.path().join(name), pem).expect("write pem");
         }
@@ -266,4 +268,78 @@ async fn bad_settings_are_invalid_input() {
         .ca_file(pki.dir.path().join("ca.crt"))
         .expect("ca file");
     assert!(format!("{tls:?}").contains("custom_ca: true"));
+}
+
+/// The CLI's `--tls-ca` / `--tls-cert` / `--tls-key` (or `SG_REDIS_TLS_*`)
+/// against a mutual-TLS server; a wrong CA is exit 1 naming TLS.
+#[cfg(feature = "cli")]
+#[test]
+fn cli_over_mutual_tls() {
+    use std::process::Command;
+    let pki = Pki::new();
+    let Some(server) = pki.server("yes") else { return };
+    let run = |args: &[&str], env: &[(&str, String)]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_fleetwire"))
+            .args(["--redis", &url(&server)])
+            .args(args)
+            .env_remove("SG_REDIS_URL")
+            .env_remove("REDIS_URL")
+            .env_remove("SG_REDIS_TLS_CA")
+            .env_remove("SG_REDIS_TLS_CERT")
+            .env_remove("SG_REDIS_TLS_KEY")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .expect("run fleetwire");
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        (out.status.code().unwrap(), text(out.stdout), text(out.stderr))
+    };
+    let (ca, cert, key) = (pki.path("ca.crt"), pki.path("client.crt"), pki.path("client.key"));
+    let flags = ["--tls-ca", &ca, "--tls-cert", &cert, "--tls-key", &key];
+
+    let (code, out, err) = run(&[&flags[..], &["members", "--json"]].concat(), &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.trim(), "[]", "{out}");
+
+    let (code, out, err) = run(
+        &["streams"],
+        &[
+            ("SG_REDIS_TLS_CA", ca.clone()),
+            ("SG_REDIS_TLS_CERT", cert.clone()),
+            ("SG_REDIS_TLS_KEY", key.clone()),
+        ],
+    );
+    assert_eq!(code, 0, "from the environment: {out}{err}");
+
+    let (code, _, err) = run(&["--tls-ca", &ca, "members"], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("TLS with Redis at"), "{err}");
+    println!("no client certificate: {err}");
+
+    let (code, _, err) = run(&["--tls-cert", &cert, "members"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--tls-cert needs --tls-key"), "{err}");
+
+    let wrong = pki.dir.path().join("other-ca.crt");
+    std::fs::write(&wrong, ca_pem_of("other CA")).unwrap();
+    let wrong = wrong.display().to_string();
+    let (code, _, err) = run(
+        &[
+            "--tls-ca",
+            &wrong,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+            "members",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    println!("wrong CA: {err}");
+}
+
+#[cfg(feature = "cli")]
+fn ca_pem_of(name: &str) -> String {
+    ca(name).1
 }

@@ -2,9 +2,10 @@
 
 use crate::Failure;
 use fleetwire::{
-    redis::RedisBackend, ErrorKind, EventBus, InstanceId, RegistryStore, ServiceName, StreamName,
+    redis::{RedisBackend, RedisTls},
+    ErrorKind, EventBus, InstanceId, RegistryStore, ServiceName, StreamName,
 };
-use std::{sync::Arc, time::Duration};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 const DEFAULT_URL: &str = "redis://127.0.0.1:6379";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -23,6 +24,66 @@ pub(crate) struct Global {
     /// Streams to show (`status`, `streams`); repeatable. Default: every stream in the database.
     #[arg(long = "stream", global = true, value_name = "STREAM")]
     streams: Vec<String>,
+    /// CA certificate (PEM) to trust for a rediss:// URL instead of the system's roots [default: $SG_REDIS_TLS_CA]
+    #[arg(long, global = true, value_name = "PEM")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs --tls-key [default: $SG_REDIS_TLS_CERT]
+    #[arg(long, global = true, value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of --tls-cert [default: $SG_REDIS_TLS_KEY]
+    #[arg(long, global = true, value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+}
+
+/// PEM files read from the TLS options, for the backend and the raw connection alike.
+struct TlsFiles {
+    ca: Option<Vec<u8>>,
+    client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsFiles {
+    /// `None` when no TLS option is given (a rediss:// URL then trusts the system's roots).
+    fn read(g: &Global, env: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, Failure> {
+        let pick = |flag: &Option<PathBuf>, var: &str| flag.clone().or_else(|| env(var).map(PathBuf::from));
+        let ca = pick(&g.tls_ca, "SG_REDIS_TLS_CA");
+        let cert = pick(&g.tls_cert, "SG_REDIS_TLS_CERT");
+        let key = pick(&g.tls_key, "SG_REDIS_TLS_KEY");
+        let read = |p: &PathBuf| {
+            std::fs::read(p).map_err(|e| Failure::Usage(format!("cannot read `{}`: {e}", p.display())))
+        };
+        let client = match (cert, key) {
+            (Some(c), Some(k)) => Some((read(&c)?, read(&k)?)),
+            (None, None) => None,
+            (Some(_), None) => return Err(Failure::Usage("--tls-cert needs --tls-key".into())),
+            (None, Some(_)) => return Err(Failure::Usage("--tls-key needs --tls-cert".into())),
+        };
+        let ca = ca.as_ref().map(read).transpose()?;
+        Ok((ca.is_some() || client.is_some()).then_some(Self { ca, client }))
+    }
+
+    fn backend(&self) -> RedisTls {
+        let mut tls = RedisTls::new();
+        if let Some(ca) = &self.ca {
+            tls = tls.ca_pem(ca.clone());
+        }
+        if let Some((cert, key)) = &self.client {
+            tls = tls.client_cert_pem(cert.clone(), key.clone());
+        }
+        tls
+    }
+
+    fn raw_client(&self, url: &str) -> redis::RedisResult<redis::Client> {
+        redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: self.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+                root_cert: self.ca.clone(),
+            },
+        )
+    }
 }
 
 /// What a command works with.
@@ -52,6 +113,7 @@ impl Ctx {
             .or_else(|| env("SG_NAMESPACE"))
             .unwrap_or_else(|| "sg".to_owned());
         let shown = redact(&url);
+        let tls = TlsFiles::read(g, env)?;
         let mut builder = RedisBackend::builder()
             .url(url.clone())
             .namespace(namespace.clone())
@@ -62,7 +124,13 @@ impl Ctx {
                 .map_err(|_| Failure::Runtime(format!("SG_STREAM_MAXLEN `{n}` is not a number")))?;
             builder = builder.max_len(n);
         }
-        let backend = builder.build().map_err(|e| Failure::Runtime(e.to_string()))?;
+        if let Some(tls) = &tls {
+            builder = builder.tls(tls.backend());
+        }
+        let backend = builder.build().map_err(|e| match e.kind() {
+            ErrorKind::InvalidInput => Failure::Usage(e.to_string()),
+            _ => Failure::Runtime(e.to_string()),
+        })?;
         let unreachable = |e: &dyn std::fmt::Display| {
             Failure::Runtime(format!(
                 "cannot reach Redis at {shown}: {}",
@@ -74,9 +142,17 @@ impl Ctx {
                 "Redis at {shown} refused the credentials: {}",
                 redact(&e.to_string())
             )),
+            ErrorKind::Tls => Failure::Runtime(format!(
+                "TLS with Redis at {shown} failed (check --tls-ca, --tls-cert, --tls-key and the host name): {}",
+                redact(&e.to_string())
+            )),
             _ => unreachable(&e),
         })?;
-        let client = redis::Client::open(url.as_str()).map_err(|e| unreachable(&e))?;
+        let client = match &tls {
+            Some(tls) => tls.raw_client(&url),
+            None => redis::Client::open(url.as_str()),
+        }
+        .map_err(|e| unreachable(&e))?;
         let raw = tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
             .await
             .map_err(|_| unreachable(&"connect timed out"))?
