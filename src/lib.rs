@@ -51,6 +51,14 @@
     doc = "- [`testkit`]: the conformance suites every backend runs."
 )]
 #![cfg_attr(feature = "mock", doc = "- [`mock`]: mockall mocks of every contract.")]
+#![cfg_attr(
+    feature = "config",
+    doc = "- [`config`]: pick the backend and tune the lifecycle from TOML and `SG_*` variables."
+)]
+#![cfg_attr(
+    feature = "redis-tls",
+    doc = "- [`redis::RedisTls`]: `rediss://` with a custom CA and client certificate (rustls)."
+)]
 //!
 //! ## Quick start
 //!
@@ -89,6 +97,8 @@ mod registry;
 pub(crate) mod rt;
 pub mod service;
 
+#[cfg(feature = "config")]
+pub mod config;
 #[cfg(feature = "http")]
 pub mod http;
 #[cfg(feature = "memory")]
