@@ -52,38 +52,43 @@ impl Config {
     /// while the store is down; call it inside the async runtime.
     pub fn backends(&self) -> Result<Backends> {
         let kind = self.backend;
-        let (registry, liveness, bus): (Arc<dyn RegistryStore>, Arc<dyn LivenessStore>, Arc<dyn EventBus>) =
-            match kind {
-                #[cfg(feature = "memory")]
-                BackendKind::Memory => (
-                    Arc::new(crate::memory::MemoryRegistry::new()),
-                    Arc::new(crate::memory::MemoryLiveness::new()),
-                    Arc::new(crate::memory::MemoryBus::new()),
-                ),
-                #[cfg(feature = "noop")]
-                BackendKind::Noop => (
-                    Arc::new(crate::noop::NoopRegistry),
-                    Arc::new(crate::noop::NoopLiveness),
-                    Arc::new(crate::noop::NoopBus),
-                ),
-                #[cfg(feature = "redis")]
-                BackendKind::Redis => {
-                    let redis = self.redis_backend()?;
-                    (
-                        Arc::new(redis.registry()),
-                        Arc::new(redis.liveness()),
-                        Arc::new(redis.bus()),
-                    )
-                }
-                #[allow(unreachable_patterns)]
-                other => return Err(not_compiled(other)),
+        let stores =
+            |registry: Arc<dyn RegistryStore>, liveness: Arc<dyn LivenessStore>, bus: Arc<dyn EventBus>| {
+                Ok::<_, Error>(Backends {
+                    kind,
+                    registry,
+                    liveness,
+                    bus,
+                })
             };
-        Ok(Backends {
-            kind,
-            registry,
-            liveness,
-            bus,
-        })
+        match kind {
+            #[cfg(feature = "memory")]
+            BackendKind::Memory => stores(
+                Arc::new(crate::memory::MemoryRegistry::new()),
+                Arc::new(crate::memory::MemoryLiveness::new()),
+                Arc::new(crate::memory::MemoryBus::new()),
+            ),
+            #[cfg(feature = "noop")]
+            BackendKind::Noop => stores(
+                Arc::new(crate::noop::NoopRegistry),
+                Arc::new(crate::noop::NoopLiveness),
+                Arc::new(crate::noop::NoopBus),
+            ),
+            #[cfg(feature = "redis")]
+            BackendKind::Redis => {
+                let redis = self.redis_backend()?;
+                stores(
+                    Arc::new(redis.registry()),
+                    Arc::new(redis.liveness()),
+                    Arc::new(redis.bus()),
+                )
+            }
+            #[allow(unreachable_patterns)]
+            other => {
+                let _ = stores;
+                Err(not_compiled(other))
+            }
+        }
     }
 
     /// The [`RedisBackend`](crate::redis::RedisBackend) of the `[redis]`
