@@ -33,7 +33,7 @@ async fn exercise(b: &Backends, stores_data: bool) {
         .touch(&id, Duration::from_secs(30))
         .await
         .expect("touch");
-    let alive = b.liveness.is_alive_batch(&[id.clone()]).await;
+    let alive = b.liveness.is_alive_batch(std::slice::from_ref(&id)).await;
     if stores_data {
         assert_eq!(alive.expect("alive"), vec![true], "{:?}", b.kind);
     } else {
