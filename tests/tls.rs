@@ -343,3 +343,54 @@ fn cli_over_mutual_tls() {
 fn ca_pem_of(name: &str) -> String {
     ca(name).1
 }
+
+/// `[redis.tls]` in a config file (and `SG_REDIS_TLS_*`) reach the backend.
+#[cfg(feature = "config")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_file_with_tls_section() {
+    use fleetwire::config::Config;
+    let pki = Pki::new();
+    let Some(server) = pki.server("yes") else { return };
+    let toml = format!(
+        "[redis]\nurl = \"{}\"\n[redis.tls]\nca_file = \"{}\"\nclient_cert_file = \"{}\"\nclient_key_file = \"{}\"\n",
+        url(&server),
+        pki.path("ca.crt"),
+        pki.path("client.crt"),
+        pki.path("client.key"),
+    );
+    let config = Config::from_toml_str(&toml).unwrap();
+    config
+        .redis_backend()
+        .unwrap()
+        .ping()
+        .await
+        .expect("ping via config");
+    let backends = config.backends().unwrap();
+    let svc = ServiceName::new("cfg").unwrap();
+    let instance = Instance::new(
+        svc.clone(),
+        InstanceId::new("c-1").unwrap(),
+        fleetwire::Status::Running,
+    );
+    backends
+        .registry
+        .register(&instance, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(backends.registry.list(Some(&svc)).await.unwrap().len(), 1);
+
+    let from_env = Config::default()
+        .with_vars([
+            ("SG_REDIS_URL", url(&server)),
+            ("SG_REDIS_TLS_CA", pki.path("ca.crt")),
+            ("SG_REDIS_TLS_CERT", pki.path("client.crt")),
+            ("SG_REDIS_TLS_KEY", pki.path("client.key")),
+        ])
+        .unwrap();
+    from_env
+        .redis_backend()
+        .unwrap()
+        .ping()
+        .await
+        .expect("ping via SG_REDIS_TLS_*");
+}
