@@ -166,6 +166,19 @@ async fn expect_tls_failure(redis: &RedisBackend, case: &str) {
         .await
         .expect_err(case);
     assert_eq!(err.kind(), ErrorKind::Tls, "{case}, bus: {err}");
+    // A blocking read opens its own connection (the pool): the same verdict, as quickly.
+    let started = Instant::now();
+    let consumer = fleetwire::ConsumerName::new("c").unwrap();
+    let read = fleetwire::ReadOptions::count(1).block(Duration::from_millis(500));
+    let err = fleetwire::EventBus::read(&redis.bus(), &stream, &group, &consumer, read)
+        .await
+        .expect_err(case);
+    println!(
+        "{case}, blocking read: {err} [{:?} after {:?}]",
+        err.kind(),
+        started.elapsed()
+    );
+    assert_eq!(err.kind(), ErrorKind::Tls, "{case}, blocking read: {err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -186,6 +199,13 @@ fn registry_over_tls_on_smol() {
         r.assert_all_passed();
         let r = testkit::bus::run(&redis.bus(), &RealTime).await;
         r.assert_all_passed();
+        // Blocking reads use dedicated connections here, not the bb8 pool.
+        let (_, other_ca) = ca("some other CA");
+        expect_tls_failure(
+            &backend(url(&server), RedisTls::new().ca_pem(other_ca)),
+            "unknown CA on smol",
+        )
+        .await;
     });
 }
 

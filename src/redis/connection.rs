@@ -95,7 +95,7 @@ fn is_connection_failure(e: &RedisError) -> bool {
 /// Where blocking reads get their connection.
 pub(crate) enum Blocking {
     #[cfg(feature = "rt-tokio")]
-    Pool(bb8::Pool<BlockingManager>),
+    Pool(bb8::Pool<BlockingManager>, TlsFailures),
     Dedicated {
         // Boxed: with TLS parameters a client is ~280 bytes, the pool 8.
         client: Box<redis::Client>,
@@ -108,7 +108,7 @@ impl std::fmt::Debug for Blocking {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             #[cfg(feature = "rt-tokio")]
-            Self::Pool(p) => f.debug_tuple("Pool").field(&p.state().connections).finish(),
+            Self::Pool(p, _) => f.debug_tuple("Pool").field(&p.state().connections).finish(),
             Self::Dedicated { max_idle, .. } => {
                 f.debug_struct("Dedicated").field("max_idle", max_idle).finish()
             }
@@ -189,17 +189,49 @@ impl bb8::ManageConnection for BlockingManager {
     }
 }
 
+/// Where the pool reports a connection attempt that failed its TLS handshake.
+///
+/// bb8 keeps retrying a failed connect until its timeout and then says only
+/// "timed out"; a rejected certificate will not get better, so a waiting
+/// checkout is woken with the TLS error itself instead.
+#[cfg(feature = "rt-tokio")]
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TlsFailures(Arc<TlsFailuresInner>);
+
+#[cfg(feature = "rt-tokio")]
+#[derive(Debug, Default)]
+pub(crate) struct TlsFailuresInner {
+    last: Mutex<Option<RedisError>>,
+    event: event_listener::Event,
+}
+
+#[cfg(feature = "rt-tokio")]
+impl bb8::ErrorSink<RedisError> for TlsFailures {
+    fn sink(&self, error: RedisError) {
+        if is_tls_failure(&error) {
+            *self.0.last.lock() = Some(error);
+            self.0.event.notify(usize::MAX);
+        }
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<RedisError>> {
+        Box::new(self.clone())
+    }
+}
+
 impl Blocking {
     pub(crate) fn new(client: &redis::Client, pool_size: u32, connect_timeout: Duration) -> Self {
         #[cfg(feature = "rt-tokio")]
         if crate::rt::Runtime::current() == crate::rt::Runtime::Tokio {
+            let tls_failures = TlsFailures::default();
             let pool = bb8::Pool::builder()
+                .error_sink(Box::new(tls_failures.clone()))
                 .max_size(pool_size.max(1))
                 .test_on_check_out(false)
                 // bb8 panics on a zero timeout.
                 .connection_timeout(connect_timeout.max(Duration::from_millis(1)))
                 .build_unchecked(BlockingManager(client.clone()));
-            return Self::Pool(pool);
+            return Self::Pool(pool, tls_failures);
         }
         let _ = connect_timeout;
         Self::Dedicated {
@@ -219,8 +251,21 @@ impl Blocking {
     ) -> Result<Option<Vec<redis::Value>>, RedisError> {
         match self {
             #[cfg(feature = "rt-tokio")]
-            Self::Pool(pool) => {
-                let mut c = pool.get().await.map_err(|e| match e {
+            Self::Pool(pool, tls_failures) => {
+                // Listen before asking, so a failure during the checkout is not missed.
+                let tls_failed = tls_failures.0.event.listen();
+                let checkout = std::pin::pin!(pool.get());
+                let got = match futures_util::future::select(checkout, tls_failed).await {
+                    futures_util::future::Either::Left((got, _)) => got,
+                    futures_util::future::Either::Right(((), checkout)) => {
+                        let failure = tls_failures.0.last.lock().clone();
+                        match failure {
+                            Some(e) => return Err(e),
+                            None => checkout.await,
+                        }
+                    }
+                };
+                let mut c = got.map_err(|e| match e {
                     bb8::RunError::User(e) => e,
                     bb8::RunError::TimedOut => RedisError::from(std::io::Error::new(
                         std::io::ErrorKind::TimedOut,
