@@ -361,3 +361,17 @@ impl RedisBackend {
         self.conn.available()
     }
 }
+
+#[cfg(all(test, not(feature = "redis-tls")))]
+mod tls_off_tests {
+    #[test]
+    fn rediss_without_the_feature_names_it() {
+        let err = super::RedisBackend::builder()
+            .url("rediss://:pw@localhost:6380")
+            .build()
+            .expect_err("no TLS support compiled in");
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("`redis-tls` feature"), "{err}");
+        assert!(!err.to_string().contains("pw"), "{err}");
+    }
+}
