@@ -26,7 +26,10 @@ pub enum Status {
 }
 
 /// One registered instance of a service.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Equality compares what the instance published, not the store's view of
+/// its entry: [`ttl`](Self::ttl) and [`expires_in`](Self::expires_in) are ignored.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Instance {
     /// The service it belongs to.
@@ -42,8 +45,37 @@ pub struct Instance {
     /// Start time in milliseconds since the Unix epoch, when known.
     pub started_at_ms: Option<u64>,
     /// Anything else the instance publishes about itself (the keys `status`,
-    /// `host`, `pid` and `started_at` are the fields above).
+    /// `host`, `pid`, `started_at` and `ttl_ms` are the fields above).
     pub metadata: BTreeMap<String, serde_json::Value>,
+    /// The TTL the entry was last registered with, when the store records it
+    /// (fleetwire's memory and Redis registries do, Redis as `ttl_ms` in the
+    /// JSON; an entry written by the reference design has none).
+    pub ttl: Option<Duration>,
+    /// What was left of the entry's TTL when `list` read it, when the store
+    /// reports it (memory and Redis do; Redis with one `PTTL` per entry).
+    pub expires_in: Option<Duration>,
+}
+
+impl PartialEq for Instance {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            &self.service,
+            &self.id,
+            &self.status,
+            &self.host,
+            self.pid,
+            self.started_at_ms,
+            &self.metadata,
+        ) == (
+            &other.service,
+            &other.id,
+            &other.status,
+            &other.host,
+            other.pid,
+            other.started_at_ms,
+            &other.metadata,
+        )
+    }
 }
 
 /// Fields of the stored JSON that map to [`Instance`] fields; every other
@@ -53,6 +85,7 @@ const STATUS: &str = "status";
 const HOST: &str = "host";
 const PID: &str = "pid";
 const STARTED_AT: &str = "started_at";
+const TTL_MS: &str = "ttl_ms";
 
 impl Instance {
     /// An instance with `status`, no host, pid or metadata.
@@ -65,7 +98,17 @@ impl Instance {
             pid: None,
             started_at_ms: None,
             metadata: BTreeMap::new(),
+            ttl: None,
+            expires_in: None,
         }
+    }
+
+    /// How long ago the entry was last registered or heartbeated: its
+    /// [`ttl`](Self::ttl) minus what is left of it. Exact when heartbeats use
+    /// the TTL it registered with (the lifecycle's do); `None` when the store
+    /// reports either figure.
+    pub fn since_heartbeat(&self) -> Option<Duration> {
+        Some(self.ttl?.saturating_sub(self.expires_in?))
     }
 
     /// Set one metadata field.
@@ -82,8 +125,15 @@ impl Instance {
     }
 
     /// The JSON value stored in the registry. The instance's own fields win
-    /// over metadata keys of the same name.
+    /// over metadata keys of the same name; [`ttl`](Self::ttl) is written as
+    /// `ttl_ms` when set.
     pub fn to_json(&self) -> String {
+        self.to_json_with_ttl(self.ttl)
+    }
+
+    /// [`to_json`](Self::to_json) with `ttl_ms` from `ttl` instead of [`ttl`](Self::ttl).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn to_json_with_ttl(&self, ttl: Option<Duration>) -> String {
         let mut map: serde_json::Map<String, serde_json::Value> = self
             .metadata
             .iter()
@@ -98,6 +148,9 @@ impl Instance {
         }
         if let Some(t) = self.started_at_ms {
             map.insert(STARTED_AT.into(), t.into());
+        }
+        if let Some(ttl) = ttl {
+            map.insert(TTL_MS.into(), crate::clock::duration_ms(ttl).into());
         }
         serde_json::Value::Object(map).to_string()
     }
@@ -130,6 +183,7 @@ impl Instance {
             .map(|p| u32::try_from(p).map_err(|_| bad("has a `pid` out of range")))
             .transpose()?;
         let started_at_ms = int(take(STARTED_AT), STARTED_AT)?;
+        let ttl = int(take(TTL_MS), TTL_MS)?.map(Duration::from_millis);
         Ok(Self {
             service,
             id,
@@ -138,6 +192,8 @@ impl Instance {
             pid,
             started_at_ms,
             metadata,
+            ttl,
+            expires_in: None,
         })
     }
 }
