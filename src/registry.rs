@@ -51,8 +51,9 @@ pub struct Instance {
     /// (fleetwire's memory and Redis registries do, Redis as `ttl_ms` in the
     /// JSON; an entry written by the reference design has none).
     pub ttl: Option<Duration>,
-    /// What was left of the entry's TTL when `list` read it, when the store
-    /// reports it (memory and Redis do; Redis with one `PTTL` per entry).
+    /// What was left of the entry's TTL when it was listed, when the store
+    /// reports it: memory always, Redis in
+    /// [`list_with_expiry`](RegistryStore::list_with_expiry).
     pub expires_in: Option<Duration>,
 }
 
@@ -224,6 +225,8 @@ pub(crate) const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 6
 /// - `deregister` removes the entry at once; removing a missing entry is `Ok`.
 /// - `list` returns alive instances sorted by service, then id; metadata
 ///   round-trips unchanged.
+/// - `list_with_expiry` lists the same, with `expires_in` where the store can
+///   tell; `ttl` is the TTL of the last registration when the store keeps it.
 /// - TTLs have millisecond precision: a TTL under 1 ms counts as 1 ms, one
 ///   over 100 years as 100 years; no `Duration` panics or wraps around.
 #[cfg_attr(feature = "mock", mockall::automock)]
@@ -249,6 +252,16 @@ pub trait RegistryStore: Send + Sync + fmt::Debug {
     /// # Cancel safety
     /// Safe to drop: it only reads.
     async fn list<'a>(&self, service: Option<&'a ServiceName>) -> Result<Vec<Instance>>;
+    /// [`list`](Self::list), with [`Instance::expires_in`] filled where the
+    /// store can tell. What the registry watch and `fleetwire members` use;
+    /// Redis pays one `PTTL` per entry for it (in the same round trip), so
+    /// plain `list` leaves it out there. The default is `list` itself.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: it only reads.
+    async fn list_with_expiry<'a>(&self, service: Option<&'a ServiceName>) -> Result<Vec<Instance>> {
+        self.list(service).await
+    }
     /// Check that the store answers.
     ///
     /// # Cancel safety

@@ -70,7 +70,7 @@ impl Member {
 pub(crate) async fn members(ctx: &Ctx, service: Option<&str>) -> Result<Vec<Member>, Failure> {
     let service = service.map(ServiceName::new).transpose()?;
     // The registry reports each entry's remaining TTL with the listing.
-    let mut instances: Vec<Instance> = ctx.registry.list(service.as_ref()).await?;
+    let mut instances: Vec<Instance> = ctx.registry.list_with_expiry(service.as_ref()).await?;
     instances.sort_by(|a, b| (a.service.as_str(), a.id.as_str()).cmp(&(b.service.as_str(), b.id.as_str())));
     let now = output::now_ms();
     Ok(instances.into_iter().map(|i| Member::of(i, now)).collect())

@@ -11,7 +11,8 @@
 //!
 //! **Left or expired.** An instance gone from the listing is
 //! [`Expired`](WatchEvent::Expired) when the TTL the store last reported for
-//! it ([`Instance::expires_in`]) has run out by the time it is missed, and
+//! it ([`Instance::expires_in`], read with
+//! [`list_with_expiry`](RegistryStore::list_with_expiry)) has run out by the time it is missed, and
 //! [`Left`](WatchEvent::Left) when it vanished before: deregistered, or lost
 //! by the store (a restart without persistence, an eviction). A store that
 //! reports no TTL makes every departure `Left`.
@@ -217,7 +218,7 @@ impl RegistryWatch {
                 }
             }
             let started_ms = self.clock.now_ms();
-            let listed = self.registry.list(self.service.as_ref()).await;
+            let listed = self.registry.list_with_expiry(self.service.as_ref()).await;
             let ended_ms = self.clock.now_ms();
             self.next_poll = Some(Instant::now() + self.interval);
             match listed {
