@@ -124,15 +124,22 @@ impl WatchLine {
         let all = |list: Vec<Instance>| Some(list.into_iter().map(|i| Member::of(i, now)).collect());
         match e {
             WatchEvent::Snapshot(list) => line.instances = all(list),
-            WatchEvent::Joined(i) | WatchEvent::Left(i) | WatchEvent::Expired(i) => {
-                line.instance = Some(Member::of(i, now))
+            WatchEvent::Joined(i) => line.instance = Some(Member::of(i, now)),
+            // As last listed: it has no TTL left now, and its last-seen time
+            // would be reckoned from the wrong listing.
+            WatchEvent::Left(i) | WatchEvent::Expired(i) => {
+                let mut gone = Member::of(i, now);
+                (gone.ttl_ms, gone.last_seen_ms) = (None, None);
+                line.instance = Some(gone);
             }
             WatchEvent::StatusChanged { from, instance } => {
                 line.from = Some(from.to_string().into());
                 line.instance = Some(Member::of(instance, now));
             }
             WatchEvent::MetadataChanged { from, instance } => {
-                line.from = serde_json::to_value(Member::of(from, now)).ok();
+                let mut before = Member::of(from, now);
+                (before.ttl_ms, before.last_seen_ms) = (None, None);
+                line.from = serde_json::to_value(before).ok();
                 line.instance = Some(Member::of(instance, now));
             }
             WatchEvent::Unavailable(err) => line.error = Some(conn::redact(&err.to_string())),
