@@ -20,6 +20,8 @@
 //! [`control`] is the fleet control daemon every lifecycle can run: signed,
 //! acknowledged restart / quiet / resume / ping / application commands to
 //! one instance, one service or the whole fleet, and rolling restarts.
+//! [`watch`] turns the registry into a snapshot and a stream of joined /
+//! left / expired / changed events, resynced after an outage.
 //!
 //! ## How the pieces fit
 //!
@@ -119,7 +121,7 @@ pub use bus::{
 pub use capabilities::Capabilities;
 pub use envelope::{Codec, Envelope, DEFAULT_MAX_ENVELOPE_BYTES};
 pub use error::{Error, ErrorKind, Result};
-pub use fleet::{monitor, request, topology};
+pub use fleet::{monitor, request, topology, watch};
 pub use health::{Health, HealthServer};
 pub use liveness::LivenessStore;
 pub use name::{

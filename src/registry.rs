@@ -26,7 +26,10 @@ pub enum Status {
 }
 
 /// One registered instance of a service.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Equality compares what the instance published, not the store's view of
+/// its entry: [`ttl`](Self::ttl) and [`expires_in`](Self::expires_in) are ignored.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Instance {
     /// The service it belongs to.
@@ -42,8 +45,38 @@ pub struct Instance {
     /// Start time in milliseconds since the Unix epoch, when known.
     pub started_at_ms: Option<u64>,
     /// Anything else the instance publishes about itself (the keys `status`,
-    /// `host`, `pid` and `started_at` are the fields above).
+    /// `host`, `pid`, `started_at` and `ttl_ms` are the fields above).
     pub metadata: BTreeMap<String, serde_json::Value>,
+    /// The TTL the entry was last registered with, when the store records it
+    /// (fleetwire's memory and Redis registries do, Redis as `ttl_ms` in the
+    /// JSON; an entry written by the reference design has none).
+    pub ttl: Option<Duration>,
+    /// What was left of the entry's TTL when it was listed, when the store
+    /// reports it: memory always, Redis in
+    /// [`list_with_expiry`](RegistryStore::list_with_expiry).
+    pub expires_in: Option<Duration>,
+}
+
+impl PartialEq for Instance {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            &self.service,
+            &self.id,
+            &self.status,
+            &self.host,
+            self.pid,
+            self.started_at_ms,
+            &self.metadata,
+        ) == (
+            &other.service,
+            &other.id,
+            &other.status,
+            &other.host,
+            other.pid,
+            other.started_at_ms,
+            &other.metadata,
+        )
+    }
 }
 
 /// Fields of the stored JSON that map to [`Instance`] fields; every other
@@ -53,6 +86,7 @@ const STATUS: &str = "status";
 const HOST: &str = "host";
 const PID: &str = "pid";
 const STARTED_AT: &str = "started_at";
+const TTL_MS: &str = "ttl_ms";
 
 impl Instance {
     /// An instance with `status`, no host, pid or metadata.
@@ -65,7 +99,17 @@ impl Instance {
             pid: None,
             started_at_ms: None,
             metadata: BTreeMap::new(),
+            ttl: None,
+            expires_in: None,
         }
+    }
+
+    /// How long ago the entry was last registered or heartbeated: its
+    /// [`ttl`](Self::ttl) minus what is left of it. Exact when heartbeats use
+    /// the TTL it registered with (the lifecycle's do); `None` when the store
+    /// reports either figure.
+    pub fn since_heartbeat(&self) -> Option<Duration> {
+        Some(self.ttl?.saturating_sub(self.expires_in?))
     }
 
     /// Set one metadata field.
@@ -82,8 +126,15 @@ impl Instance {
     }
 
     /// The JSON value stored in the registry. The instance's own fields win
-    /// over metadata keys of the same name.
+    /// over metadata keys of the same name; [`ttl`](Self::ttl) is written as
+    /// `ttl_ms` when set.
     pub fn to_json(&self) -> String {
+        self.to_json_with_ttl(self.ttl)
+    }
+
+    /// [`to_json`](Self::to_json) with `ttl_ms` from `ttl` instead of [`ttl`](Self::ttl).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn to_json_with_ttl(&self, ttl: Option<Duration>) -> String {
         let mut map: serde_json::Map<String, serde_json::Value> = self
             .metadata
             .iter()
@@ -98,6 +149,9 @@ impl Instance {
         }
         if let Some(t) = self.started_at_ms {
             map.insert(STARTED_AT.into(), t.into());
+        }
+        if let Some(ttl) = ttl {
+            map.insert(TTL_MS.into(), crate::clock::duration_ms(ttl).into());
         }
         serde_json::Value::Object(map).to_string()
     }
@@ -130,6 +184,7 @@ impl Instance {
             .map(|p| u32::try_from(p).map_err(|_| bad("has a `pid` out of range")))
             .transpose()?;
         let started_at_ms = int(take(STARTED_AT), STARTED_AT)?;
+        let ttl = int(take(TTL_MS), TTL_MS)?.map(Duration::from_millis);
         Ok(Self {
             service,
             id,
@@ -138,6 +193,8 @@ impl Instance {
             pid,
             started_at_ms,
             metadata,
+            ttl,
+            expires_in: None,
         })
     }
 }
@@ -168,6 +225,8 @@ pub(crate) const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 6
 /// - `deregister` removes the entry at once; removing a missing entry is `Ok`.
 /// - `list` returns alive instances sorted by service, then id; metadata
 ///   round-trips unchanged.
+/// - `list_with_expiry` lists the same, with `expires_in` where the store can
+///   tell; `ttl` is the TTL of the last registration when the store keeps it.
 /// - TTLs have millisecond precision: a TTL under 1 ms counts as 1 ms, one
 ///   over 100 years as 100 years; no `Duration` panics or wraps around.
 #[cfg_attr(feature = "mock", mockall::automock)]
@@ -193,6 +252,16 @@ pub trait RegistryStore: Send + Sync + fmt::Debug {
     /// # Cancel safety
     /// Safe to drop: it only reads.
     async fn list<'a>(&self, service: Option<&'a ServiceName>) -> Result<Vec<Instance>>;
+    /// [`list`](Self::list), with [`Instance::expires_in`] filled where the
+    /// store can tell. What the registry watch and `fleetwire members` use;
+    /// Redis pays one `PTTL` per entry for it (in the same round trip), so
+    /// plain `list` leaves it out there. The default is `list` itself.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: it only reads.
+    async fn list_with_expiry<'a>(&self, service: Option<&'a ServiceName>) -> Result<Vec<Instance>> {
+        self.list(service).await
+    }
     /// Check that the store answers.
     ///
     /// # Cancel safety

@@ -32,6 +32,9 @@ enum Sabotage {
     DeleteConsumerAlwaysForces,
     HeartbeatNeverRefreshes,
     ListShowsExpired,
+    /// Lists entries without what is left of their TTL, so a watch cannot
+    /// tell an expiry from a deregistration.
+    ListForgetsTtl,
     BatchDropsUnknownIds,
 }
 
@@ -256,7 +259,13 @@ impl RegistryStore for Broken<(MemoryRegistry, MemoryRegistry)> {
         if self.sabotage == Sabotage::ListShowsExpired {
             return self.inner.1.list(s).await;
         }
-        self.inner.0.list(s).await
+        let mut listed = self.inner.0.list(s).await?;
+        if self.sabotage == Sabotage::ListForgetsTtl {
+            for i in &mut listed {
+                i.expires_in = None;
+            }
+        }
+        Ok(listed)
     }
     async fn ping(&self) -> Result<()> {
         self.inner.0.ping().await
@@ -450,6 +459,18 @@ async fn suite_catches_a_list_that_shows_expired_entries() {
     let c = clock();
     let report = testkit::registry::run(&registry(&c, Sabotage::ListShowsExpired), &c).await;
     assert!(report.failed("expires_without_heartbeat"), "{report}");
+}
+
+#[tokio::test]
+async fn watch_suite_catches_a_list_that_forgets_ttls() {
+    let c = clock();
+    let store: Arc<dyn RegistryStore> = Arc::new(registry(&c, Sabotage::ListForgetsTtl));
+    let report = testkit::watch::run(&store, &c, Arc::new(c.clone()), None).await;
+    assert!(report.failed("expiry_seen_within_ttl_plus_1s"), "{report}");
+    assert!(
+        !report.failed("deregister_seen_as_left") && !report.failed("join_seen"),
+        "unrelated cases still pass:\n{report}"
+    );
 }
 
 #[tokio::test]

@@ -176,10 +176,12 @@ async fn every_command_against_real_redis() {
             .collect::<Vec<_>>(),
         ["SERVICE", "ID", "HOST", "PID", "STATUS", "LAST-SEEN", "TTL"]
     );
-    assert_eq!(
-        row(&table, "api")[..6],
-        ["api", "api-1", "web-1", "4101", "running", "-"]
-    );
+    // LAST-SEEN is `850ms ago` (two words), TTL what is left of 60 s.
+    let api = row(&table, "api");
+    assert_eq!(api[..5], ["api", "api-1", "web-1", "4101", "running"]);
+    assert_eq!(api[6], "ago", "{table}");
+    assert!(api[5].ends_with("ms") || api[5].ends_with('s'), "{table}");
+    assert!(["59s", "58s", "57s"].contains(&api[7]), "{table}");
     assert_eq!(
         row(&table, "worker")[..5],
         ["worker", "worker-1", "batch-1", "5200", "starting"]
@@ -191,7 +193,15 @@ async fn every_command_against_real_redis() {
     assert_eq!(members[1]["host"], "web-2");
     assert_eq!(members[1]["pid"], 4102);
     assert_eq!(members[1]["status"], "running");
-    assert!(members[1]["last_seen_ms"].is_null());
+    let last_seen = members[1]["last_seen_ms"].as_u64().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        now.abs_diff(last_seen) < 10_000,
+        "last seen {last_seen}, now {now}"
+    );
     let ttl = members[1]["ttl_ms"].as_u64().unwrap();
     assert!(ttl > 50_000 && ttl <= 60_000, "ttl {ttl}");
     let only = json(&url, &["members", "--service", "worker"]);
@@ -344,6 +354,164 @@ async fn every_command_against_real_redis() {
     // bad usage
     fails(&url, &["groups", "bad name"], 2);
     fails(&url, &["nonsense"], 2);
+}
+
+/// `fleetwire members --watch` as a child whose stdout lines arrive on a channel.
+struct Watching {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Watching {
+    fn start(url: &str, extra: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fleetwire"))
+            .args(["--redis", url, "members", "--watch", "--interval-ms", "100"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("run the fleetwire binary");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line, which must contain every one of `parts`, within 10 s.
+    fn expect(&mut self, parts: &[&str]) -> String {
+        let line = self
+            .lines
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|_| panic!("no line with {parts:?}; so far:\n{}", self.seen.join("\n")));
+        println!("{line}");
+        self.seen.push(line.clone());
+        for p in parts {
+            assert!(
+                line.contains(p),
+                "expected {parts:?} in `{line}`; so far:\n{}",
+                self.seen.join("\n")
+            );
+        }
+        line
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_watch_prints_one_line_per_event() {
+    let Some(mut server) = support::RedisServer::start() else {
+        return;
+    };
+    let url = server.url();
+    let backend = RedisBackend::builder()
+        .url(url.clone())
+        .connect_timeout(Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let registry = backend.registry();
+    register(&registry, "api", "api-1", "web-1", 4101, Status::Starting).await;
+    let mut text = Watching::start(&url, &[]);
+    let mut json = Watching::start(&url, &["--json"]);
+    text.expect(&["snapshot", "1 instance: api/api-1 (starting)"]);
+    let first: Value = serde_json::from_str(&json.expect(&["snapshot"])).unwrap();
+    assert_eq!(first["instances"][0]["id"], "api-1");
+
+    register(&registry, "api", "api-2", "web-2", 4102, Status::Starting).await;
+    text.expect(&["joined", "api/api-2 (starting) host=web-2 pid=4102"]);
+    let joined: Value = serde_json::from_str(&json.expect(&["joined"])).unwrap();
+    assert_eq!(joined["instance"]["host"], "web-2");
+    assert!(joined["instance"]["ttl_ms"].as_u64().unwrap() > 50_000);
+
+    register(&registry, "api", "api-1", "web-1", 4101, Status::Running).await;
+    text.expect(&["status_changed", "api/api-1 starting -> running"]);
+    let changed: Value = serde_json::from_str(&json.expect(&["status_changed"])).unwrap();
+    assert_eq!(
+        (changed["from"].as_str(), changed["instance"]["status"].as_str()),
+        (Some("starting"), Some("running"))
+    );
+
+    registry
+        .deregister(&name(ServiceName::new("api")), &name(InstanceId::new("api-2")))
+        .await
+        .unwrap();
+    text.expect(&["left", "api/api-2"]);
+    json.expect(&[r#""event":"left""#]);
+
+    let mut short = Instance::new(
+        name(ServiceName::new("cron")),
+        name(InstanceId::new("cron-1")),
+        Status::Running,
+    );
+    short.host = Some("batch-1".into());
+    registry
+        .register(&short, Duration::from_millis(800))
+        .await
+        .unwrap();
+    text.expect(&["joined", "cron/cron-1"]);
+    text.expect(&["expired", "cron/cron-1"]);
+    json.expect(&["joined"]);
+    json.expect(&[r#""event":"expired""#]);
+
+    // Redis dies and comes back empty; api-1 registers again, api-3 is new.
+    assert!(server.kill9());
+    text.expect(&["unavailable", "127.0.0.1"]);
+    json.expect(&[r#""event":"unavailable""#]);
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let i1 = Instance::new(
+            name(ServiceName::new("api")),
+            name(InstanceId::new("api-1")),
+            Status::Running,
+        );
+        let mut i1 = i1;
+        (i1.host, i1.pid) = (Some("web-1".into()), Some(4101));
+        let mut i3 = Instance::new(
+            name(ServiceName::new("api")),
+            name(InstanceId::new("api-3")),
+            Status::Starting,
+        );
+        (i3.host, i3.pid) = (Some("web-3".into()), Some(4103));
+        let ttl = Duration::from_secs(60);
+        match async {
+            registry.register(&i1, ttl).await?;
+            registry.register(&i3, ttl).await
+        }
+        .await
+        {
+            Ok(()) => break,
+            Err(e) if Instant::now() > deadline => panic!("Redis took no writes after its restart: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    // The watch lists every 100 ms, so it may see the empty server before
+    // the writes land: the resync's diff then says so, and the writes come
+    // after it as ordinary events.
+    let mut line = text.expect(&["resynced"]);
+    while !line.contains("api/api-3") {
+        line = text.expect(&["joined"]);
+    }
+    let resynced: Value = serde_json::from_str(&json.expect(&["resynced"])).unwrap();
+    assert!(resynced["changes"].is_array(), "{resynced}");
+    drop((text, json));
 }
 
 #[test]

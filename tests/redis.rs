@@ -143,7 +143,12 @@ async fn fleetwire_entry_reads_back_with_the_reference_key_and_json() {
         .await
         .unwrap();
     let raw = server.cmd(&["GET", "sg:registry:service:inference:inf-7"]);
-    assert!(raw.ends_with("{\"status\":\"starting\"}\r\n"), "{raw}");
+    // The reference JSON plus `ttl_ms`, the TTL it registered with (a
+    // reference reader ignores it; LAST-SEEN and the watch read it).
+    assert!(
+        raw.ends_with("{\"status\":\"starting\",\"ttl_ms\":15000}\r\n"),
+        "{raw}"
+    );
     let ttl: i64 = server
         .cmd(&["PTTL", "sg:registry:service:inference:inf-7"])
         .trim_start_matches(':')

@@ -3,7 +3,7 @@
 use crate::Failure;
 use fleetwire::{
     redis::{RedisBackend, RedisTls},
-    ErrorKind, EventBus, InstanceId, RegistryStore, ServiceName, StreamName,
+    ErrorKind, EventBus, RegistryStore, StreamName,
 };
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
@@ -93,7 +93,7 @@ pub(crate) struct Ctx {
     pub(crate) namespace: String,
     pub(crate) bus: Arc<dyn EventBus>,
     pub(crate) registry: Arc<dyn RegistryStore>,
-    /// For what the crate's contracts do not offer: `SCAN TYPE stream`, `PTTL`.
+    /// For what the crate's contracts do not offer: `SCAN TYPE stream`.
     raw: redis::aio::MultiplexedConnection,
     streams: Vec<String>,
 }
@@ -215,23 +215,6 @@ impl Ctx {
         out.sort();
         out.dedup();
         Ok(out)
-    }
-
-    /// Remaining TTL of an instance's registry key, in ms (`None`: no key or no TTL).
-    pub(crate) async fn instance_ttl_ms(
-        &self,
-        service: &ServiceName,
-        id: &InstanceId,
-    ) -> Result<Option<u64>, Failure> {
-        // The reference design's key layout, which the registry keeps on purpose.
-        let key = format!("{}:registry:service:{service}:{id}", self.namespace);
-        let mut conn = self.raw.clone();
-        let ttl: i64 = redis::cmd("PTTL")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.raw_err("PTTL", e))?;
-        Ok(u64::try_from(ttl).ok())
     }
 }
 

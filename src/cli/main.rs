@@ -36,6 +36,13 @@ enum Command {
         /// Only this service.
         #[arg(long)]
         service: Option<String>,
+        /// Print the members, then one line per change (joined, left,
+        /// expired, status/metadata changed, unavailable, resynced) until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// With --watch: milliseconds between two listings.
+        #[arg(long, value_name = "MS", default_value_t = 1000, requires = "watch")]
+        interval_ms: u64,
     },
     /// Streams (STREAM LENGTH GROUPS FIRST-ID LAST-ID MAXLEN).
     Streams,
@@ -111,7 +118,15 @@ async fn run(cli: Cli) -> Outcome {
     let ctx = conn::Ctx::connect(&cli.global).await?;
     match cli.command {
         Command::Status => status::run(&ctx).await,
-        Command::Members { service } => members::list(&ctx, service.as_deref()).await,
+        Command::Members {
+            service,
+            watch: true,
+            interval_ms,
+        } => {
+            let every = std::time::Duration::from_millis(interval_ms);
+            members::watch(&ctx, service.as_deref(), every).await
+        }
+        Command::Members { service, .. } => members::list(&ctx, service.as_deref()).await,
         Command::Streams => streams::list(&ctx).await,
         Command::Groups { stream } => streams::groups(&ctx, &stream).await,
         Command::Dlq(cmd) => dlq::run(&ctx, cmd).await,

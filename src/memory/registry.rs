@@ -69,6 +69,10 @@ impl RegistryStore for MemoryRegistry {
         self.outage
             .check(|| format!("register `{}`/`{}`", instance.service, instance.id))?;
         let now = self.clock.now_ms();
+        let ttl_ms = crate::clock::ttl_ms(ttl.min(crate::registry::MAX_TTL));
+        let mut stored = instance.clone();
+        stored.ttl = Some(Duration::from_millis(ttl_ms));
+        stored.expires_in = None;
         let mut entries = self.entries.lock();
         // Expired entries are otherwise only dropped by `list`; keep memory bounded.
         if entries.len() % 1024 == 1023 {
@@ -76,10 +80,7 @@ impl RegistryStore for MemoryRegistry {
         }
         entries.insert(
             (instance.service.clone(), instance.id.clone()),
-            (
-                instance.clone(),
-                now.saturating_add(crate::clock::ttl_ms(ttl.min(crate::registry::MAX_TTL))),
-            ),
+            (stored, now.saturating_add(ttl_ms)),
         );
         Ok(())
     }
@@ -89,8 +90,10 @@ impl RegistryStore for MemoryRegistry {
         let now = self.clock.now_ms();
         let mut entries = self.entries.lock();
         match entries.get_mut(&(service.clone(), id.clone())) {
-            Some((_, exp)) if *exp > now => {
-                *exp = now.saturating_add(crate::clock::ttl_ms(ttl.min(crate::registry::MAX_TTL)));
+            Some((inst, exp)) if *exp > now => {
+                let ttl_ms = crate::clock::ttl_ms(ttl.min(crate::registry::MAX_TTL));
+                *exp = now.saturating_add(ttl_ms);
+                inst.ttl = Some(Duration::from_millis(ttl_ms));
                 Ok(true)
             }
             _ => Ok(false),
@@ -111,7 +114,11 @@ impl RegistryStore for MemoryRegistry {
         Ok(entries
             .iter()
             .filter(|((s, _), _)| service.is_none_or(|want| want == s))
-            .map(|(_, (inst, _))| inst.clone())
+            .map(|(_, (inst, exp))| {
+                let mut inst = inst.clone();
+                inst.expires_in = Some(Duration::from_millis(exp - now));
+                inst
+            })
             .collect())
     }
 

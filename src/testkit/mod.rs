@@ -18,6 +18,7 @@ pub mod liveness;
 pub mod registry;
 pub mod topology;
 pub mod trim;
+pub mod watch;
 
 use async_trait::async_trait;
 use std::{fmt, future::Future, time::Duration};
