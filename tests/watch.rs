@@ -1,6 +1,6 @@
 //! The registry watch conformance cases on memory and on a real, private
 //! redis-server (killed and restarted on its port for the resync case),
-//! under Tokio, and under smol when it is enabled.
+//! under Tokio, and under smol and async-std when they are enabled.
 #![cfg(all(feature = "memory", feature = "testkit"))]
 
 mod support;
@@ -102,6 +102,21 @@ fn watch_on_redis_smol() {
         return;
     };
     smol::block_on(on_redis(server));
+}
+
+#[cfg(feature = "rt-async-std")]
+#[test]
+fn watch_on_memory_async_std() {
+    async_std::task::block_on(on_memory());
+}
+
+#[cfg(all(feature = "redis", feature = "rt-async-std"))]
+#[test]
+fn watch_on_redis_async_std() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    async_std::task::block_on(on_redis(server));
 }
 
 /// The stream form yields the same events and stops costing anything when dropped.

@@ -61,7 +61,8 @@ pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum WatchEvent {
-    /// The first listing: every instance alive when the watch started.
+    /// The first good listing: every instance alive when the watch started
+    /// (after an `Unavailable` when the store was down at first).
     Snapshot(Vec<Instance>),
     /// A new instance.
     Joined(Instance),
