@@ -47,6 +47,10 @@
 )]
 #![cfg_attr(feature = "http", doc = "- [`http`]: the health server over hyper.")]
 #![cfg_attr(
+    feature = "metrics",
+    doc = "- [`metrics`]: Prometheus metrics on the health server's `/metrics`."
+)]
+#![cfg_attr(
     feature = "testkit",
     doc = "- [`testkit`]: the conformance suites every backend runs."
 )]
@@ -93,6 +97,8 @@ pub mod service;
 pub mod http;
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "noop")]
 pub mod noop;
 #[cfg(feature = "redis")]
