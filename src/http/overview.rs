@@ -233,7 +233,12 @@ impl Overview {
         };
         let mut streams = Vec::new();
         if let Some(bus) = &self.bus {
-            let rows = join_all(self.streams.iter().map(|(s, d)| self.stream_row(bus.as_ref(), s, d.as_ref()))).await;
+            let rows = join_all(
+                self.streams
+                    .iter()
+                    .map(|(s, d)| self.stream_row(bus.as_ref(), s, d.as_ref())),
+            )
+            .await;
             for (row, failed) in rows {
                 if let Some(e) = failed {
                     note(&format!("stream {}", row.name), &e);

@@ -71,8 +71,10 @@ impl EventBus for MeteredBus {
     }
 
     async fn ensure_group(&self, stream: &StreamName, group: &GroupName, start: StartFrom) -> Result<bool> {
-        self.m
-            .track("ensure_group", self.inner.ensure_group(stream, group, start).await)
+        self.m.track(
+            "ensure_group",
+            self.inner.ensure_group(stream, group, start).await,
+        )
     }
 
     async fn publish(&self, stream: &StreamName, envelope: &Envelope) -> Result<MessageId> {
@@ -138,7 +140,9 @@ impl EventBus for MeteredBus {
     ) -> Result<Vec<Delivery>> {
         self.m.track(
             "ack_and_read",
-            self.inner.ack_and_read(stream, group, consumer, acks, options).await,
+            self.inner
+                .ack_and_read(stream, group, consumer, acks, options)
+                .await,
         )
     }
 
@@ -166,7 +170,9 @@ impl EventBus for MeteredBus {
     ) -> Result<Vec<PendingEntry>> {
         self.m.track(
             "pending_entries",
-            self.inner.pending_entries(stream, group, consumer, start, count).await,
+            self.inner
+                .pending_entries(stream, group, consumer, start, count)
+                .await,
         )
     }
 
@@ -189,8 +195,10 @@ impl EventBus for MeteredBus {
         ids: &[MessageId],
         how: Release,
     ) -> Result<u64> {
-        self.m
-            .track("release", self.inner.release(stream, group, consumer, ids, how).await)
+        self.m.track(
+            "release",
+            self.inner.release(stream, group, consumer, ids, how).await,
+        )
     }
 
     async fn dead_letter(
@@ -211,7 +219,8 @@ impl EventBus for MeteredBus {
     }
 
     async fn range(&self, stream: &StreamName, start: MessageId, count: usize) -> Result<Vec<Delivery>> {
-        self.m.track("range", self.inner.range(stream, start, count).await)
+        self.m
+            .track("range", self.inner.range(stream, start, count).await)
     }
 
     async fn delete_entries(&self, stream: &StreamName, ids: &[MessageId]) -> Result<u64> {

@@ -56,7 +56,7 @@ impl Collector for RunnerCollector {
         let kind = ConstCounter::new(0u64).metric_type();
         let mut family = encoder.encode_descriptor(
             "fleetwire_consumer_messages",
-            "Entries a consumer runner finished, by stream, group and outcome (ack, retry, dead_letter)",
+            "Entries a consumer runner finished, by stream, group and outcome (ack, retry, dead_letter).",
             None,
             kind,
         )?;

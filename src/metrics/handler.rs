@@ -19,7 +19,12 @@ pub struct MeteredHandler<H> {
 }
 
 impl<H> MeteredHandler<H> {
-    pub(super) fn new(inner: H, stream: &StreamName, group: &GroupName, instruments: Arc<Instruments>) -> Self {
+    pub(super) fn new(
+        inner: H,
+        stream: &StreamName,
+        group: &GroupName,
+        instruments: Arc<Instruments>,
+    ) -> Self {
         // The series is looked up once here, not per entry.
         let duration = instruments
             .handler_duration

@@ -345,7 +345,10 @@ impl Metrics {
         if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.inner.registry) {
             tracing::warn!(event = "metrics_encode_failed", error = %e);
         }
-        tracing::trace!(event = "metrics_rendered", ms = started.elapsed().as_millis() as u64);
+        tracing::trace!(
+            event = "metrics_rendered",
+            ms = started.elapsed().as_millis() as u64
+        );
         out
     }
 }

@@ -63,14 +63,18 @@ impl RegistryStore for MeteredRegistry {
             .m
             .track("heartbeat", self.inner.heartbeat(service, id, ttl).await);
         if !matches!(r, Ok(true)) {
-            self.m.heartbeat_failures.get_or_create(&Self::service(service)).inc();
+            self.m
+                .heartbeat_failures
+                .get_or_create(&Self::service(service))
+                .inc();
         }
         r
     }
 
     async fn deregister(&self, service: &ServiceName, id: &InstanceId) -> Result<()> {
         self.registered.lock().remove(&(service.clone(), id.clone()));
-        self.m.track("deregister", self.inner.deregister(service, id).await)
+        self.m
+            .track("deregister", self.inner.deregister(service, id).await)
     }
 
     async fn list<'a>(&self, service: Option<&'a ServiceName>) -> Result<Vec<Instance>> {
