@@ -161,10 +161,10 @@ async fn handle(d: Delivery) -> HandlerResult {
         .envelope()
         .and_then(|e| e.payload_as())
         .map_err(HandlerError::dead_letter)?;
-    if n % 10 == 0 {
+    if n.is_multiple_of(10) {
         return Err(HandlerError::dead_letter(format!("poison {n}")));
     }
-    if n % 7 == 0 && d.delivery_count == 1 {
+    if n.is_multiple_of(7) && d.delivery_count == 1 {
         return Err(HandlerError::retry_after(Duration::from_millis(20), "try again"));
     }
     tokio::time::sleep(Duration::from_millis(2)).await;
