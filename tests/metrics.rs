@@ -397,3 +397,52 @@ async fn without_a_source_metrics_is_404() {
     assert_eq!(status, 404);
     http.stop().await.unwrap();
 }
+
+/// Every wrapper passes the conformance suite of the contract it wraps.
+#[cfg(all(feature = "memory", feature = "testkit"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrappers_pass_the_conformance_suites() {
+    use fleetwire::{
+        clock::ManualClock,
+        memory::{MemoryBus, MemoryLiveness, MemoryRegistry},
+        testkit,
+    };
+    let clock = || ManualClock::new(1_700_000_000_000);
+    let metrics = Metrics::default();
+
+    let c = clock();
+    let registry = metrics.registry(Arc::new(MemoryRegistry::with_clock(Arc::new(c.clone()))));
+    testkit::registry::run(registry.as_ref(), &c)
+        .await
+        .assert_all_passed();
+
+    let c = clock();
+    let liveness = metrics.liveness(Arc::new(MemoryLiveness::with_clock(Arc::new(c.clone()))));
+    testkit::liveness::run(liveness.as_ref(), &c)
+        .await
+        .assert_all_passed();
+
+    let c = clock();
+    let bus = metrics.bus(Arc::new(
+        MemoryBus::builder()
+            .clock(Arc::new(c.clone()))
+            .max_len_floor(1)
+            .max_len(200)
+            .build(),
+    ));
+    testkit::bus::run(bus.as_ref(), &c).await.assert_all_passed();
+    testkit::consumer::run(metrics.bus(Arc::new(MemoryBus::new())))
+        .await
+        .assert_all_passed();
+
+    // The suites' own traffic shows: publishes, registrations, batch reads.
+    let text = metrics.render().await;
+    for family in [
+        "fleetwire_publishes_total{",
+        "fleetwire_registrations_total{",
+        "fleetwire_liveness_batch_duration_seconds_count ",
+        "fleetwire_errors_total{",
+    ] {
+        assert!(text.contains(family), "{family} missing:\n{text}");
+    }
+}

@@ -34,7 +34,14 @@ impl MeteredBus {
         &self.inner
     }
 
-    fn published<T>(&self, stream: &StreamName, n: u64, started: Instant, r: Result<T>) -> Result<T> {
+    fn published<T>(
+        &self,
+        op: &'static str,
+        stream: &StreamName,
+        n: u64,
+        started: Instant,
+        r: Result<T>,
+    ) -> Result<T> {
         let labels = StreamLabels {
             stream: stream.to_string(),
         };
@@ -46,7 +53,7 @@ impl MeteredBus {
             Ok(_) => {
                 self.m.publishes.get_or_create(&labels).inc_by(n);
             }
-            Err(e) => self.m.error("publish", e),
+            Err(e) => self.m.error(op, e),
         }
         r
     }
@@ -80,13 +87,13 @@ impl EventBus for MeteredBus {
     async fn publish(&self, stream: &StreamName, envelope: &Envelope) -> Result<MessageId> {
         let started = Instant::now();
         let r = self.inner.publish(stream, envelope).await;
-        self.published(stream, 1, started, r)
+        self.published("publish", stream, 1, started, r)
     }
 
     async fn publish_batch(&self, stream: &StreamName, envelopes: &[Envelope]) -> Result<Vec<MessageId>> {
         let started = Instant::now();
         let r = self.inner.publish_batch(stream, envelopes).await;
-        self.published(stream, envelopes.len() as u64, started, r)
+        self.published("publish_batch", stream, envelopes.len() as u64, started, r)
     }
 
     async fn read(
