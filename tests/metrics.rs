@@ -249,7 +249,12 @@ async fn counters_move_with_a_redis_workload() {
         tokio::spawn(async move { runner.run(stop.wait()).await })
     };
 
+    let t = Instant::now();
     let before = scrape(addr).await;
+    eprintln!(
+        "first scrape (registry list + 2 XINFO over HTTP): {:?}",
+        t.elapsed()
+    );
     check_conventions(&before);
     assert_eq!(
         before.value("fleetwire_publishes_total", &[("stream", stream.as_str())]),
@@ -300,6 +305,7 @@ async fn counters_move_with_a_redis_workload() {
     let batch: Vec<_> = (41..=100).map(env).collect();
     bus.publish_batch(&stream, &batch).await.unwrap();
 
+    let workload = Instant::now();
     // Scraped while it runs: counters only ever grow.
     let mut last_acked = 0.0;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -332,6 +338,7 @@ async fn counters_move_with_a_redis_workload() {
         assert!(Instant::now() < deadline, "the runner did not finish: {}", s.text);
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    eprintln!("workload handled in {:?}", workload.elapsed());
     check_conventions(&during);
     let on_stream = [("stream", stream.as_str())];
     let on_group = [("stream", stream.as_str()), ("group", group.as_str())];
