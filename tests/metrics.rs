@@ -205,21 +205,23 @@ async fn counters_move_with_a_redis_workload() {
         .unwrap();
     let addr = http.start(Health::default()).await.unwrap().expect("listening");
 
-    // The registry: two instances, one registered twice (as after a lost
-    // heartbeat), one heartbeat for an instance that is not there.
+    // The registry: two instances; a heartbeat for a third that is not
+    // there, which then registers (as the heartbeat loop recovers).
     let api = ServiceName::new("api").unwrap();
-    for id in ["a1", "a2", "a1"] {
-        let i = Instance::new(api.clone(), InstanceId::new(id).unwrap(), Status::Running);
-        registry.register(&i, Duration::from_secs(60)).await.unwrap();
+    let ttl = Duration::from_secs(60);
+    let instance = |id: &str| Instance::new(api.clone(), InstanceId::new(id).unwrap(), Status::Running);
+    for id in ["a1", "a2"] {
+        registry.register(&instance(id), ttl).await.unwrap();
     }
     assert!(registry
-        .heartbeat(&api, &InstanceId::new("a1").unwrap(), Duration::from_secs(60))
+        .heartbeat(&api, &InstanceId::new("a1").unwrap(), ttl)
         .await
         .unwrap());
     assert!(!registry
-        .heartbeat(&api, &InstanceId::new("gone").unwrap(), Duration::from_secs(60))
+        .heartbeat(&api, &InstanceId::new("a3").unwrap(), ttl)
         .await
         .unwrap());
+    registry.register(&instance("a3"), ttl).await.unwrap();
     let ids: Vec<_> = ["a1", "a2", "zz"]
         .iter()
         .map(|i| InstanceId::new(*i).unwrap())
@@ -265,7 +267,7 @@ async fn counters_move_with_a_redis_workload() {
             "fleetwire_registry_instances",
             &[("service", "api"), ("status", "running")]
         ),
-        Some(2.0)
+        Some(3.0)
     );
     assert_eq!(
         before.value("fleetwire_registrations_total", &[("service", "api")]),
@@ -452,4 +454,88 @@ async fn wrappers_pass_the_conformance_suites() {
     ] {
         assert!(text.contains(family), "{family} missing:\n{text}");
     }
+}
+
+/// A lifecycle whose registration vanishes (deleted behind its back) shows
+/// one heartbeat failure and one re-registration, through the metered registry.
+#[cfg(feature = "memory")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_registration_shows_as_a_heartbeat_failure_and_a_reregistration() {
+    use fleetwire::{
+        memory::{MemoryBus, MemoryRegistry},
+        service::{Context, Lifecycle, Service},
+    };
+
+    struct Idle;
+    #[async_trait::async_trait]
+    impl Service for Idle {
+        async fn on_start(&self, _: &Context) -> fleetwire::Result<()> {
+            Ok(())
+        }
+        async fn run(&self, ctx: &Context) -> fleetwire::Result<()> {
+            ctx.stopped().await;
+            Ok(())
+        }
+        async fn on_stop(&self, _: &Context) -> fleetwire::Result<()> {
+            Ok(())
+        }
+    }
+
+    let metrics = Metrics::default();
+    let raw = Arc::new(MemoryRegistry::new());
+    let lifecycle = Lifecycle::builder("billing", "billing-1")
+        .unwrap()
+        .registry(metrics.registry(raw.clone()))
+        .bus(Arc::new(MemoryBus::new()))
+        .jitter(Duration::ZERO)
+        .heartbeat_every(Duration::from_millis(50))
+        .handle_signals(false)
+        .build();
+    let stop = lifecycle.shutdown_handle();
+    let task = tokio::spawn(async move { lifecycle.run(&Idle).await });
+
+    let series = |text: &str, name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}{{service=\"billing\"}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    let service = ServiceName::new("billing").unwrap();
+    let id = InstanceId::new("billing-1").unwrap();
+    let wait_for = |name: &'static str, want: f64| {
+        let metrics = metrics.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let text = metrics.render().await;
+                if series(&text, name) == Some(want) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{name} never reached {want}:\n{text}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // Registered as starting, then as running.
+    wait_for("fleetwire_registrations_total", 2.0).await;
+    // Deleted behind its back, as an operator's `deregister` or a flushed store would.
+    raw.deregister(&service, &id).await.unwrap();
+    wait_for("fleetwire_reregistrations_total", 1.0).await;
+    assert_eq!(
+        series(&metrics.render().await, "fleetwire_registrations_total"),
+        Some(3.0)
+    );
+    let text = metrics.render().await;
+    assert_eq!(
+        series(&text, "fleetwire_heartbeat_failures_total"),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        raw.list(Some(&service)).await.unwrap().len(),
+        1,
+        "registered again"
+    );
+
+    stop.trigger();
+    task.await.unwrap().unwrap();
 }

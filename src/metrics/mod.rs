@@ -252,12 +252,12 @@ impl MetricsBuilder {
         );
         r.register(
             "fleetwire_registrations",
-            "Full registrations written to the registry, by service",
+            "Full registrations written to the registry (status changes included), by service",
             i.registrations.clone(),
         );
         r.register(
             "fleetwire_reregistrations",
-            "Registrations of an instance already registered by this process (after a lost heartbeat), by service",
+            "Registrations of an instance after its heartbeat failed or found it gone, by service",
             i.reregistrations.clone(),
         );
         r.register(

@@ -11,20 +11,21 @@ use parking_lot::Mutex;
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 /// A [`RegistryStore`] that counts registrations
-/// (`fleetwire_registrations_total`), re-registrations of an instance this
-/// wrapper registered before (`fleetwire_reregistrations_total`: the
-/// heartbeat loop re-registers after a lost or failed heartbeat), heartbeat
+/// (`fleetwire_registrations_total`, status changes included), heartbeat
 /// failures (`fleetwire_heartbeat_failures_total`: an error or the entry
-/// found gone) and failed calls (`fleetwire_errors_total{op, kind}`); made by
+/// found gone), re-registrations (`fleetwire_reregistrations_total`: a
+/// registration of an instance whose last heartbeat failed, as the
+/// lifecycle's heartbeat loop does to recover) and failed calls
+/// (`fleetwire_errors_total{op, kind}`); made by
 /// [`Metrics::registry`](super::Metrics::registry). Calls keep the inner
 /// store's cancel safety.
 #[derive(Debug)]
 pub struct MeteredRegistry {
     inner: Arc<dyn RegistryStore>,
     m: Arc<Instruments>,
-    // Instances registered through this wrapper and not deregistered: this
-    // process's own, a handful.
-    registered: Mutex<HashSet<(ServiceName, InstanceId)>>,
+    // Instances whose last heartbeat failed and that were not registered
+    // since: this process's own, a handful.
+    lost: Mutex<HashSet<(ServiceName, InstanceId)>>,
 }
 
 impl MeteredRegistry {
@@ -32,7 +33,7 @@ impl MeteredRegistry {
         Self {
             inner,
             m,
-            registered: Mutex::default(),
+            lost: Mutex::default(),
         }
     }
 
@@ -51,7 +52,7 @@ impl RegistryStore for MeteredRegistry {
             let labels = Self::service(&instance.service);
             self.m.registrations.get_or_create(&labels).inc();
             let key = (instance.service.clone(), instance.id.clone());
-            if !self.registered.lock().insert(key) {
+            if self.lost.lock().remove(&key) {
                 self.m.reregistrations.get_or_create(&labels).inc();
             }
         }
@@ -67,12 +68,13 @@ impl RegistryStore for MeteredRegistry {
                 .heartbeat_failures
                 .get_or_create(&Self::service(service))
                 .inc();
+            self.lost.lock().insert((service.clone(), id.clone()));
         }
         r
     }
 
     async fn deregister(&self, service: &ServiceName, id: &InstanceId) -> Result<()> {
-        self.registered.lock().remove(&(service.clone(), id.clone()));
+        self.lost.lock().remove(&(service.clone(), id.clone()));
         self.m
             .track("deregister", self.inner.deregister(service, id).await)
     }
