@@ -173,7 +173,7 @@ async fn handle(d: Delivery) -> HandlerResult {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_move_with_a_redis_workload() {
-    let Some(server) = RedisServer::start() else {
+    let Some(mut server) = RedisServer::start() else {
         return;
     };
     let backend = RedisBackend::builder()
@@ -191,7 +191,8 @@ async fn counters_move_with_a_redis_workload() {
             Overview::new()
                 .registry(raw_registry.clone())
                 .bus(raw_bus.clone())
-                .stream(stream.clone()),
+                .stream(stream.clone())
+                .timeout(Duration::from_millis(500)),
         )
         .build();
     let bus = metrics.bus(raw_bus.clone());
@@ -389,6 +390,38 @@ async fn counters_move_with_a_redis_workload() {
 
     stop.trigger();
     running.await.unwrap().unwrap();
+
+    // Redis gone: a scrape still answers, in bounded time, without the
+    // figures it could not read, and counts what failed.
+    server.stop();
+    let t = Instant::now();
+    let down = scrape(addr).await;
+    eprintln!("scrape with Redis down: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "a scrape hung on a dead Redis"
+    );
+    check_conventions(&down);
+    assert_eq!(
+        down.value("redis_stream_length", &on_stream),
+        None,
+        "{}",
+        down.text
+    );
+    assert_eq!(
+        down.value("fleetwire_registry_instances", &[("service", "api")]),
+        None
+    );
+    assert!(
+        down.value("fleetwire_scrape_errors_total", &[]).unwrap() >= 2.0,
+        "{}",
+        down.text
+    );
+    assert_eq!(
+        down.value("fleetwire_publishes_total", &on_stream),
+        Some(100.0),
+        "counters stay"
+    );
     http.stop().await.unwrap();
     eprintln!("--- /metrics excerpt ---\n{}", during.text);
 }

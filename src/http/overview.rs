@@ -105,6 +105,9 @@ pub struct StreamRow {
     pub dead_letter_stream: Option<String>,
     /// Entries in the dead-letter stream.
     pub dead_letters: Option<u64>,
+    /// Why the figures above could not be read (an error kind); they are
+    /// then zero or empty and not to be trusted.
+    pub error: Option<String>,
 }
 
 /// One consumer group of a stream.
@@ -294,6 +297,7 @@ impl Overview {
             groups: Vec::new(),
             dead_letter_stream: dead_letters.map(|d| d.to_string()),
             dead_letters: None,
+            error: None,
         };
         let dead = async {
             match dead_letters {
@@ -327,6 +331,7 @@ impl Overview {
             Some(Err(e)) if e.kind() == ErrorKind::NotFound => row.dead_letters = Some(0),
             Some(Err(e)) => failed = failed.or(Some(e)),
         }
+        row.error = failed.as_ref().map(|e| e.kind().to_string());
         (row, failed)
     }
 }

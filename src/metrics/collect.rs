@@ -144,7 +144,8 @@ impl ScrapeGauges {
                     .inc();
             }
         }
-        for st in &s.streams {
+        // A stream that could not be read has no figures rather than zeros.
+        for st in s.streams.iter().filter(|st| st.error.is_none()) {
             let labels = StreamLabels {
                 stream: st.name.clone(),
             };
