@@ -320,7 +320,9 @@ impl Metrics {
     }
 
     /// Export `runner`'s ack / retry / dead-letter counters at each scrape
-    /// (summed over runners of the same stream and group).
+    /// (summed over runners of the same stream and group). Acks ride with
+    /// the runner's next read and are counted when it returns, so an idle
+    /// runner's last acks show up to its `block` time (2 s by default) late.
     pub fn watch_runner(&self, runner: &Runner) {
         self.inner.runners.add(runner.clone());
     }
