@@ -49,6 +49,10 @@
 )]
 #![cfg_attr(feature = "http", doc = "- [`http`]: the health server over hyper.")]
 #![cfg_attr(
+    feature = "metrics",
+    doc = "- [`metrics`]: Prometheus metrics on the health server's `/metrics`."
+)]
+#![cfg_attr(
     feature = "testkit",
     doc = "- [`testkit`]: the conformance suites every backend runs."
 )]
@@ -105,6 +109,8 @@ pub mod config;
 pub mod http;
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "noop")]
 pub mod noop;
 #[cfg(feature = "redis")]

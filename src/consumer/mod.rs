@@ -34,6 +34,8 @@ mod runner;
 mod stats;
 
 pub use config::{Backoff, RunnerConfig};
+#[cfg_attr(not(feature = "http"), allow(unused_imports))]
+pub(crate) use dead_letter::default_stream as default_dead_letter_stream;
 pub use dead_letter::{DeadEntry, DeadLetter, DeadLetters, Redriven};
 pub use handler::{typed, Action, Handler, HandlerError, HandlerResult, Typed};
 pub use pause::Pause;

@@ -329,6 +329,16 @@ impl Runner {
         &self.inner.stats
     }
 
+    /// The stream this runner consumes.
+    pub fn stream(&self) -> &StreamName {
+        &self.inner.stream
+    }
+
+    /// The group this runner consumes in.
+    pub fn group(&self) -> &GroupName {
+        &self.inner.group
+    }
+
     /// The dead-letter stream this runner writes to.
     pub fn dead_letter_stream(&self) -> &StreamName {
         &self.inner.dead_letters

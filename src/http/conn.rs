@@ -6,10 +6,11 @@
 //! kept-alive connection), `Busy` (from the call of the handler until the
 //! response body is handed to hyper) or `Idle` (kept alive between requests).
 //! `Headers` and `Idle` each have a deadline; `Busy` has none, since every
-//! route is bounded by the health check timeout.
+//! route is bounded by the health check timeout (or the dashboard's and
+//! metrics' store timeout).
 
 use super::{routes, Limits};
-use crate::{health::Health, rt};
+use crate::rt;
 use bytes::Bytes;
 use event_listener::Event;
 use futures_util::task::AtomicWaker;
@@ -346,7 +347,7 @@ enum Ended {
 
 /// Serve one connection until the client leaves, a timeout passes or the
 /// server asks it to close.
-pub(super) async fn serve(stream: async_net::TcpStream, slot: Slot, health: Health, limits: Limits) {
+pub(super) async fn serve(stream: async_net::TcpStream, slot: Slot, app: routes::App, limits: Limits) {
     let watch = slot.watch.clone();
     let io = WatchedIo {
         io: FuturesIo::new(stream),
@@ -357,9 +358,9 @@ pub(super) async fn serve(stream: async_net::TcpStream, slot: Slot, health: Heal
         // Called by hyper as soon as the headers are parsed.
         handler.request_started();
         let done = ResponseDone(handler.clone());
-        let health = health.clone();
+        let app = app.clone();
         async move {
-            let response = routes::respond(req, health).await;
+            let response = routes::respond(req, app).await;
             Ok::<_, Infallible>(response.map(|inner| TrackedBody { inner, _done: done }))
         }
     });

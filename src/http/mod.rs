@@ -6,6 +6,9 @@
 //! | `GET /readyz` | 200 when booted, not stopping and every check passes; else 503 |
 //! | `GET /health` | `{"status", "ready", "components": {name: {status, latency_ms}}}`, 200 or 503 |
 //! | `GET /fleet` | the [`FleetMonitor`](crate::monitor::FleetMonitor) table, 404 when none is set |
+//! | `GET /metrics` | the [`MetricsSource`] set with [`metrics`](HttpHealthServerBuilder::metrics) (Prometheus / OpenMetrics text), else 404 |
+//! | `GET /` | the live dashboard, one self-contained HTML page, when an [`Overview`] is set with [`dashboard`](HttpHealthServerBuilder::dashboard), else 404 |
+//! | `GET /api/overview` | the [`OverviewSnapshot`] the dashboard refreshes itself from |
 //!
 //! Other paths are 404, other methods 405. Responses carry no error details
 //! or credentials; failed checks are logged instead. The server runs on
@@ -39,7 +42,12 @@
 //! SYN only after a second.
 
 mod conn;
+mod overview;
 mod routes;
+
+pub use overview::{
+    GroupRow, InstanceRow, Overview, OverviewSnapshot, ServiceRow, StreamRow, DEFAULT_OVERVIEW_TIMEOUT,
+};
 
 use crate::{
     error::{Error, Result},
@@ -73,6 +81,22 @@ const MIN_BACKLOG: usize = 1024;
 
 /// How long `stop` lets requests in flight finish before closing them.
 const STOP_GRACE: Duration = Duration::from_secs(1);
+
+/// What `/metrics` serves: a text exposition rendered at scrape time.
+///
+/// `fleetwire::metrics::Metrics` (feature `metrics`) is the implementation;
+/// anything else that renders the Prometheus text format can be served too.
+#[async_trait]
+pub trait MetricsSource: Send + Sync + std::fmt::Debug {
+    /// The `Content-Type` of [`render`](Self::render)'s output.
+    fn content_type(&self) -> &str;
+    /// The exposition as of now. Must finish in bounded time (a scrape
+    /// waits for it): sources that ask a store bound each call.
+    ///
+    /// # Cancel safety
+    /// Safe to drop: rendering only reads.
+    async fn render(&self) -> String;
+}
 
 #[derive(Debug, Clone, Copy)]
 struct Limits {
@@ -113,6 +137,8 @@ impl Default for Limits {
 pub struct HttpHealthServer {
     addr: SocketAddr,
     limits: Limits,
+    metrics: Option<Arc<dyn MetricsSource>>,
+    overview: Option<Arc<Overview>>,
     running: Mutex<Option<Running>>,
 }
 
@@ -130,6 +156,8 @@ struct Running {
 pub struct HttpHealthServerBuilder {
     addr: SocketAddr,
     limits: Limits,
+    metrics: Option<Arc<dyn MetricsSource>>,
+    overview: Option<Arc<Overview>>,
 }
 
 impl Default for HttpHealthServerBuilder {
@@ -137,6 +165,8 @@ impl Default for HttpHealthServerBuilder {
         Self {
             addr: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
             limits: Limits::default(),
+            metrics: None,
+            overview: None,
         }
     }
 }
@@ -181,6 +211,19 @@ impl HttpHealthServerBuilder {
         self
     }
 
+    /// Serve `source` on `/metrics` (default: none, 404).
+    pub fn metrics(mut self, source: Arc<dyn MetricsSource>) -> Self {
+        self.metrics = Some(source);
+        self
+    }
+
+    /// Serve the dashboard on `/` and its data on `/api/overview`, read
+    /// from `overview` (default: none, both 404).
+    pub fn dashboard(mut self, overview: Overview) -> Self {
+        self.overview = Some(Arc::new(overview));
+        self
+    }
+
     /// The server; `InvalidInput` for a cap of 0 or a zero timeout.
     pub fn build(self) -> Result<HttpHealthServer> {
         let l = self.limits;
@@ -193,6 +236,8 @@ impl HttpHealthServerBuilder {
         Ok(HttpHealthServer {
             addr: self.addr,
             limits: l,
+            metrics: self.metrics,
+            overview: self.overview,
             running: Mutex::new(None),
         })
     }
@@ -205,6 +250,8 @@ impl HttpHealthServer {
         Self {
             addr,
             limits: Limits::default(),
+            metrics: None,
+            overview: None,
             running: Mutex::new(None),
         }
     }
@@ -243,9 +290,14 @@ impl HealthServer for HttpHealthServer {
             .map_err(|e| Error::unavailable("health server address").with_source(e))?;
         let stop = Shutdown::default();
         let conns = Connections::new(self.limits.max_connections);
+        let app = routes::App {
+            health,
+            metrics: self.metrics.clone(),
+            overview: self.overview.clone(),
+        };
         let task = rt::spawn(accept_loop(
             listener,
-            health,
+            app,
             stop.clone(),
             conns.clone(),
             self.limits,
@@ -295,7 +347,7 @@ fn bind(addr: SocketAddr, backlog: usize) -> std::io::Result<async_net::TcpListe
 
 async fn accept_loop(
     listener: async_net::TcpListener,
-    health: Health,
+    app: routes::App,
     stop: Shutdown,
     conns: Arc<Connections>,
     limits: Limits,
@@ -313,7 +365,7 @@ async fn accept_loop(
                 // One write per response, but a kept-alive connection must
                 // not wait on the client's delayed ACK for the next one.
                 let _ = stream.set_nodelay(true);
-                rt::spawn_detached(conn::serve(stream, slot, health.clone(), limits));
+                rt::spawn_detached(conn::serve(stream, slot, app.clone(), limits));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep serving.
