@@ -513,9 +513,16 @@ impl<F: Future<Output = Finished> + Send + 'static> Session<F> {
                 let step = self.recover_step().await;
                 self.after_store_call(step).await?;
                 continue;
-            } else if now >= self.next_reap {
-                self.next_reap = later(now, self.r.config.reap_every);
-                let step = self.reap().await;
+            } else if self.reap_due(now) {
+                let step = self.reap().await.map(|filled| {
+                    // A full batch may have left more due behind it: take them
+                    // at the next free slot, ahead of new entries.
+                    self.next_reap = if filled {
+                        now
+                    } else {
+                        later(now, self.r.config.reap_every)
+                    };
+                });
                 self.after_store_call(step).await?;
                 continue;
             } else if now >= self.next_renew {
@@ -644,7 +651,14 @@ impl<F: Future<Output = Finished> + Send + 'static> Session<F> {
     /// The next thing that happens: stop, a handler done, the read back, or a timer.
     async fn wait(&mut self, stop: &mut (impl Future<Output = ()> + Unpin)) -> Wake {
         let now = Instant::now();
-        let mut wake_at = self.next_reap.min(self.next_renew);
+        let mut wake_at = self.next_renew;
+        // A reap that waits for a slot (or for quiet to end) is woken by a
+        // handler finishing, a read returning or the pause flipping, not
+        // by a timer that has already passed.
+        let quiet = self.r.pause.as_ref().is_some_and(|p| p.is_paused());
+        if !quiet && self.free_for_takeover() > 0 {
+            wake_at = wake_at.min(self.next_reap);
+        }
         if let (Some(t), true) = (self.acks_since, self.reads.is_empty()) {
             wake_at = wake_at.min(later(t, ACK_LINGER));
         }
@@ -875,19 +889,27 @@ impl<F: Future<Output = Finished> + Send + 'static> Session<F> {
         Ok(())
     }
 
-    /// Take over entries idle longer than the lease.
-    async fn reap(&mut self) -> Result<()> {
+    /// The reaper's turn has come and a slot is free for what it takes.
+    ///
+    /// A due reap waits for a slot instead of being skipped, so entries due
+    /// for a retry (or left by a dead consumer) go ahead of new ones rather
+    /// than waiting for the stream's backlog to clear.
+    fn reap_due(&self, now: Instant) -> bool {
+        now >= self.next_reap && self.free_for_takeover() > 0
+    }
+
+    /// Take over entries idle longer than the lease; true when it filled
+    /// every slot it had (more may be due).
+    async fn reap(&mut self) -> Result<bool> {
         let want = self.free_for_takeover().min(self.r.config.reap_batch);
-        if want == 0 {
-            return Ok(());
-        }
         let r = self.r.clone();
         let claimed = r
             .bus
             .claim(&r.stream, &r.group, &r.consumer, r.config.lease, want)
             .await?;
+        let filled = claimed.deliveries.len() >= want;
         self.take_over(claimed).await;
-        Ok(())
+        Ok(filled)
     }
 
     async fn take_over(&mut self, claimed: crate::Claimed) {

@@ -153,6 +153,8 @@ pub async fn run(bus: Arc<dyn EventBus>) -> Report {
     .await;
     r.case("retry_delay_longer_than_the_lease_is_honoured", long_retry(b))
         .await;
+    r.case("due_retry_goes_ahead_of_the_backlog", retry_ahead_of_backlog(b))
+        .await;
     r.case("crashed_consumer_work_is_taken_over_after_the_lease", crashed(b))
         .await;
     r.case("dropped_runner_loses_nothing", dropped_runner(b)).await;
@@ -320,6 +322,43 @@ async fn long_retry(bus: &Arc<dyn EventBus>) -> CaseResult {
         t[1].1 == 2 && t.len() == 2,
         "attempts {:?}",
         t.iter().map(|x| x.1).collect::<Vec<_>>()
+    );
+    Ok(())
+}
+
+/// A retry that falls due while new entries keep every slot busy is handled
+/// at the next free slot, not after the whole backlog.
+async fn retry_ahead_of_backlog(bus: &Arc<dyn EventBus>) -> CaseResult {
+    const BACKLOG: usize = 300;
+    let (s, g) = setup(bus.as_ref(), BACKLOG + 1).await?;
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let o = order.clone();
+    let runner = runner(bus, &s, &g, "w1", |b| {
+        b.concurrency(2).handler(move |d: Delivery| {
+            let o = o.clone();
+            async move {
+                if n_of(&d) == 0 && d.delivery_count == 1 {
+                    return Err(HandlerError::retry_after(Duration::from_millis(20), "later"));
+                }
+                rt::sleep(Duration::from_millis(5)).await;
+                o.lock().push(n_of(&d));
+                HandlerResult::Ok(())
+            }
+        })
+    })?;
+    let running = Running::start(&runner);
+    let ok = wait_until(Duration::from_secs(20), || order.lock().len() > BACKLOG).await;
+    running.stop().await?;
+    let order = order.lock().clone();
+    ensure!(ok, "handled {} of {}", order.len(), BACKLOG + 1);
+    let at = order.iter().position(|n| *n == 0);
+    // Two slots of 5 ms handlers: the 20 ms delay and a 50 ms reaper tick
+    // are worth about 30 entries; a retry that waits for the backlog to
+    // clear comes last.
+    ensure!(
+        at.is_some_and(|i| i < BACKLOG / 2),
+        "the retry was handled at position {at:?} of {}",
+        order.len()
     );
     Ok(())
 }
