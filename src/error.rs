@@ -34,6 +34,11 @@ pub enum ErrorKind {
     /// The store refused the credentials (Redis `NOAUTH`, `WRONGPASS`):
     /// retrying with the same configuration will not help.
     Authentication,
+    /// A publish was written on the primary but fewer replicas than asked
+    /// acknowledged it in time (Redis `WAIT`). The entry is in the stream and
+    /// may survive; it is lost only if the primary fails before replicating
+    /// it. Not temporary: a blind retry would publish it twice.
+    NotReplicated,
 }
 
 impl fmt::Display for ErrorKind {
@@ -50,6 +55,7 @@ impl fmt::Display for ErrorKind {
             Self::Conflict => "conflict",
             Self::Backpressure => "backpressure",
             Self::Authentication => "authentication",
+            Self::NotReplicated => "not replicated",
         })
     }
 }

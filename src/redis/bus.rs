@@ -247,7 +247,7 @@ impl RedisBus {
                 let call = {
                     let slot = slot.clone();
                     async move {
-                        match conn.blocking.query(&pipe, wait, &slot).await {
+                        match conn.current().blocking.query(&pipe, wait, &slot).await {
                             Ok(Some(replies)) => parse::read_reply(replies.last().unwrap_or(&Value::Nil)),
                             Ok(None) => Ok(Vec::new()),
                             Err(e) => Err(map_err(e, what)),

@@ -32,6 +32,8 @@ mod liveness;
 pub mod parse;
 mod registry;
 mod scripts;
+#[cfg(feature = "redis-sentinel")]
+mod sentinel;
 mod server;
 mod topics;
 
@@ -46,7 +48,7 @@ use crate::{
     error::{Error, Result},
     name::StreamName,
 };
-use connection::{redact, Blocking, Conn};
+use connection::{redact, Conn};
 use keys::Keys;
 use server::AckedTrim;
 use std::{sync::Arc, time::Duration};
@@ -227,40 +229,51 @@ impl RedisBackendBuilder {
     pub fn build(self) -> Result<RedisBackend> {
         self.bus.warn_raised_caps();
         let redacted_url = redact(&self.url);
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| {
-            Error::invalid(format!(
-                "invalid Redis URL `{redacted_url}`: {}",
-                e.detail().unwrap_or("unparsable")
-            ))
-        })?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.response_timeout))
-            .set_number_of_retries(2)
-            // Short: the probe waits out a reconnect's back-off before it sees Redis back.
-            .set_max_delay(Duration::from_millis(250));
-        let manager = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| connection::map_err(e, format!("connect to `{redacted_url}`")))?;
         let mut keys = Keys::new(&self.namespace)?;
         if let Some(prefix) = &self.liveness_key_prefix {
             keys = keys.with_liveness_prefix(prefix)?;
         }
-        let blocking = Blocking::new(&client, self.pool_size, self.connect_timeout);
+        let settings = connection::Settings {
+            pool_size: self.pool_size,
+            connect_timeout: self.connect_timeout,
+            response_timeout: self.response_timeout,
+            probe_every: self.probe_every,
+        };
+        let conn = self.connect(settings, redacted_url)?;
         Ok(RedisBackend {
-            conn: Arc::new(Conn {
-                client,
-                manager,
-                blocking,
-                response_timeout: self.response_timeout,
-                redacted_url,
-                health: connection::Health::new(self.probe_every),
-            }),
+            conn,
             keys,
             bus: self.bus,
             adopt_legacy_every: self.adopt_legacy_every,
             adoption: Arc::new(std::sync::Once::new()),
             acked_trim: Arc::new(AckedTrim::new(self.acked_trim)),
         })
+    }
+}
+
+impl RedisBackendBuilder {
+    /// The connection state for the URL: a Sentinel-followed primary for
+    /// `redis+sentinel://`, else one server.
+    fn connect(&self, settings: connection::Settings, redacted_url: String) -> Result<Arc<Conn>> {
+        #[cfg(feature = "redis-sentinel")]
+        if let Some(target) = sentinel::Target::parse(&self.url)? {
+            return sentinel::connect(target, settings, redacted_url);
+        }
+        #[cfg(not(feature = "redis-sentinel"))]
+        if self.url.starts_with("redis+sentinel://") {
+            return Err(Error::new(
+                crate::ErrorKind::Unsupported,
+                format!("Sentinel URL `{redacted_url}` needs fleetwire's `redis-sentinel` feature"),
+            ));
+        }
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| {
+            Error::invalid(format!(
+                "invalid Redis URL `{redacted_url}`: {}",
+                e.detail().unwrap_or("unparsable")
+            ))
+        })?;
+        let endpoint = connection::Endpoint::new(client, &settings, &redacted_url)?;
+        Ok(Conn::new(endpoint, settings, redacted_url))
     }
 }
 
