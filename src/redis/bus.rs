@@ -44,6 +44,8 @@ pub struct RedisBus {
     config: Arc<BusConfig>,
     guard: Arc<BacklogGuard>,
     acked_trim: Arc<AckedTrim>,
+    /// Replicas that must acknowledge each publish, and how long to wait.
+    replicas: Option<(u32, Duration)>,
 }
 
 impl RedisBus {
@@ -55,7 +57,73 @@ impl RedisBus {
             config: Arc::new(config),
             guard,
             acked_trim,
+            replicas: None,
         }
+    }
+
+    /// Require `replicas` replicas to acknowledge each publish within `timeout`.
+    pub(crate) fn with_replicas(mut self, replicas: Option<(u32, Duration)>) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// `XADD` each body and `WAIT` for `replicas` acknowledgements in one
+    /// pipeline on one blocking-read connection: `WAIT` counts the writes of
+    /// its own connection, and blocks that connection while it waits, so it
+    /// must not share the multiplexed one.
+    async fn publish_replicated(
+        &self,
+        stream: &StreamName,
+        bodies: &[&[u8]],
+        (replicas, timeout): (u32, Duration),
+    ) -> Result<Vec<MessageId>> {
+        if let TrimPolicy::KeepUnacknowledged { .. } = self.config.trim_of(stream) {
+            return Err(Error::new(
+                crate::ErrorKind::Unsupported,
+                format!(
+                    "publish to stream `{stream}` failed: replica acknowledgement is not supported \
+                     on streams that keep unacknowledged entries"
+                ),
+            ));
+        }
+        let max_len = self.config.max_len_of(stream);
+        let mut pipe = redis::pipe();
+        for body in bodies {
+            pipe.add_command(Self::xadd(stream, Some(max_len), body));
+        }
+        // `WAIT n 0` would wait forever.
+        let wait_ms = clock::duration_ms(timeout).clamp(1, MAX_DELAY_MS);
+        pipe.cmd("WAIT").arg(replicas).arg(wait_ms);
+        let slot = CancelSlot::default();
+        let wait = Duration::from_millis(wait_ms).saturating_add(self.conn.response_timeout);
+        let replies = self
+            .conn
+            .current()
+            .blocking
+            .query(&pipe, wait, &slot)
+            .await
+            .map_err(|e| map_err(e, format!("publish to stream `{stream}`")))?
+            .unwrap_or_default();
+        let Some((acked, xadds)) = replies.split_last() else {
+            return Err(Error::new(
+                crate::ErrorKind::Protocol,
+                "XADD and WAIT returned nothing",
+            ));
+        };
+        let ids = xadds.iter().map(parse::message_id).collect::<Result<Vec<_>>>()?;
+        let acked = redis::from_redis_value_ref::<u64>(acked)
+            .map_err(|e| Error::new(crate::ErrorKind::Protocol, "WAIT returned no count").with_source(e))?;
+        if acked < u64::from(replicas) {
+            let last = ids.last().map(|id| id.to_string()).unwrap_or_default();
+            return Err(Error::new(
+                crate::ErrorKind::NotReplicated,
+                format!(
+                    "publish to stream `{stream}` failed: {acked} of {replicas} replicas acknowledged \
+                     entry {last} within {timeout:?} (it is on the primary, and lost if the primary fails first)"
+                ),
+            ));
+        }
+        Ok(ids)
     }
 
     /// `XADD`, trimmed to about `max_len` when given.
@@ -454,6 +522,13 @@ impl EventBus for RedisBus {
     }
 
     async fn publish(&self, stream: &StreamName, envelope: &Envelope) -> Result<MessageId> {
+        if let Some(replicas) = self.replicas {
+            let body = self.config.codec.encode(envelope)?;
+            let mut ids = self.publish_replicated(stream, &[&body[..]], replicas).await?;
+            return ids
+                .pop()
+                .ok_or_else(|| Error::new(crate::ErrorKind::Protocol, "XADD returned no id"));
+        }
         self.publish_one(stream, envelope).await
     }
 
@@ -467,6 +542,9 @@ impl EventBus for RedisBus {
             .map(|e| self.config.codec.encode(e))
             .collect::<Result<Vec<_>>>()?;
         let slices: Vec<&[u8]> = bodies.iter().map(|b| &b[..]).collect();
+        if let Some(replicas) = self.replicas {
+            return self.publish_replicated(stream, &slices, replicas).await;
+        }
         self.publish_bodies(stream, &slices).await
     }
 

@@ -62,6 +62,7 @@ pub struct RedisBackend {
     adopt_legacy_every: Option<Duration>,
     adoption: Arc<std::sync::Once>,
     acked_trim: Arc<AckedTrim>,
+    publish_replicas: Option<(u32, Duration)>,
 }
 
 /// Builds a [`RedisBackend`]. Every setting has a documented default.
@@ -77,6 +78,7 @@ pub struct RedisBackendBuilder {
     bus: BusConfig,
     adopt_legacy_every: Option<Duration>,
     acked_trim: Option<bool>,
+    publish_replicas: Option<(u32, Duration)>,
 }
 
 impl std::fmt::Debug for RedisBackendBuilder {
@@ -91,6 +93,7 @@ impl std::fmt::Debug for RedisBackendBuilder {
             .field("liveness_key_prefix", &self.liveness_key_prefix)
             .field("adopt_legacy_every", &self.adopt_legacy_every)
             .field("acked_trim", &self.acked_trim)
+            .field("publish_replicas", &self.publish_replicas)
             .finish_non_exhaustive()
     }
 }
@@ -108,6 +111,7 @@ impl Default for RedisBackendBuilder {
             bus: BusConfig::default(),
             adopt_legacy_every: None,
             acked_trim: None,
+            publish_replicas: None,
         }
     }
 }
@@ -224,6 +228,26 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// Make every publish wait until `replicas` replicas acknowledged it
+    /// (`WAIT replicas timeout` after the `XADD`, on the same connection);
+    /// fewer in time fail the publish with
+    /// [`NotReplicated`](crate::ErrorKind::NotReplicated). Default: off.
+    ///
+    /// Redis replicates asynchronously: without this, a publish returns `Ok`
+    /// once the primary has it, and a failover (or a restart without
+    /// persistence) loses whatever the replicas had not received yet,
+    /// typically the last milliseconds of writes. With it, a publish that
+    /// returned `Ok` survives the loss of the primary as long as a replica
+    /// that acknowledged it is promoted (what Sentinel picks: the most
+    /// up-to-date one). Each publish then costs a round trip to the replicas
+    /// and holds one of the `pool_size` blocking-read connections while
+    /// waiting; streams with a keep-unacknowledged trim policy refuse it
+    /// (`Unsupported`).
+    pub fn publish_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.publish_replicas = (replicas > 0).then_some((replicas, timeout));
+        self
+    }
+
     /// Build the backend. No connection is made until the first call, so
     /// this succeeds while Redis is down; call it inside the async runtime.
     pub fn build(self) -> Result<RedisBackend> {
@@ -247,6 +271,7 @@ impl RedisBackendBuilder {
             adopt_legacy_every: self.adopt_legacy_every,
             adoption: Arc::new(std::sync::Once::new()),
             acked_trim: Arc::new(AckedTrim::new(self.acked_trim)),
+            publish_replicas: self.publish_replicas,
         })
     }
 }
@@ -325,6 +350,7 @@ impl RedisBackend {
             self.bus.clone(),
             self.acked_trim.clone(),
         )
+        .with_replicas(self.publish_replicas)
     }
 
     /// `PING` the server (failing at once while it is marked unavailable).

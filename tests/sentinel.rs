@@ -1,0 +1,382 @@
+//! Redis Sentinel: the conformance suites over a `redis+sentinel://`
+//! backend (a primary, one replica, three Sentinels started by the test),
+//! and failover under a publish + consume load with the consumer runner.
+#![cfg(all(feature = "redis-sentinel", feature = "testkit", feature = "rt-tokio"))]
+
+mod support;
+
+use fleetwire::{
+    consumer::{HandlerResult, Runner},
+    redis::RedisBackend,
+    service::{Context, Lifecycle, Service, Shutdown},
+    testkit::{self, RealTime},
+    ConsumerName, Envelope, ErrorKind, EventBus, GroupName, RegistryStore, ServiceName, StreamName,
+};
+use parking_lot::Mutex;
+use std::{
+    collections::BTreeSet,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use support::sentinel::{raw, SentinelSet};
+
+fn backend(set: &SentinelSet) -> RedisBackend {
+    RedisBackend::builder()
+        .url(set.url())
+        .namespace("sg")
+        .max_len_floor(1)
+        .max_len(200)
+        .build()
+        .expect("backend")
+}
+
+/// A standalone backend pointed at a port nothing listens on.
+fn unreachable() -> RedisBackend {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    RedisBackend::builder()
+        .url(format!("redis://127.0.0.1:{port}"))
+        .connect_timeout(Duration::from_millis(300))
+        .build()
+        .expect("backend")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_on_tokio() {
+    let Some(set) = SentinelSet::start() else {
+        return;
+    };
+    let redis = backend(&set);
+    let reports = [
+        (
+            "registry",
+            testkit::registry::run(&redis.registry(), &RealTime).await,
+        ),
+        (
+            "liveness",
+            testkit::liveness::run(&redis.liveness(), &RealTime).await,
+        ),
+        ("bus", testkit::bus::run(&redis.bus(), &RealTime).await),
+        ("topology", testkit::topology::run(Arc::new(redis.bus())).await),
+        (
+            "lifecycle",
+            testkit::lifecycle::run(Arc::new(redis.registry()), Arc::new(unreachable().registry())).await,
+        ),
+        (
+            "consumer",
+            testkit::consumer::run(Arc::new(
+                RedisBackend::builder()
+                    .url(set.url())
+                    .build()
+                    .expect("backend")
+                    .bus(),
+            ))
+            .await,
+        ),
+    ];
+    for (name, r) in &reports {
+        println!("{name} on Sentinel:\n{r}");
+        r.assert_all_passed();
+    }
+    // Everything went to the primary: the replica refuses writes, and got
+    // its copy of the streams by replication.
+    let xadds = |port| {
+        raw(port, &["INFO", "commandstats"])
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("cmdstat_xadd:calls=")?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    assert!(xadds(set.primary.port) > 0);
+    assert!(
+        raw(set.replica.port, &["INFO", "replication"]).is_some_and(|r| r.contains("role:slave")),
+        "the replica is still a replica"
+    );
+}
+
+#[tokio::test]
+async fn malformed_sentinel_urls_are_rejected_naming_the_problem() {
+    for (url, says) in [
+        ("redis+sentinel://127.0.0.1:26379", "no master name"),
+        ("redis+sentinel://127.0.0.1:port/m", "`port` is not a port"),
+        ("redis+sentinel://:hunter2@h:1,/m", "empty Sentinel address"),
+        ("redis+sentinel://h:1/m/zero", "`zero` is not a database number"),
+    ] {
+        let err = RedisBackend::builder().url(url).build().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{url}: {err}");
+        let msg = err.to_string();
+        assert!(msg.contains(says), "{url}: {msg}");
+        assert!(!msg.contains("hunter2"), "the password leaked: {msg}");
+    }
+}
+
+#[tokio::test]
+async fn no_sentinel_answering_fails_fast_and_says_why() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redis = RedisBackend::builder()
+        .url(format!("redis+sentinel://127.0.0.1:{port}/m"))
+        .connect_timeout(Duration::from_millis(200))
+        .build()
+        .expect("build succeeds while the Sentinels are down");
+    let err = redis.ping().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
+    assert!(err.is_temporary());
+    assert!(
+        err.to_string().contains("no Sentinel named a primary for `m`"),
+        "{err}"
+    );
+}
+
+/// Waits until stopped; the lifecycle keeps it registered.
+struct Idle;
+
+#[fleetwire::async_trait]
+impl Service for Idle {
+    async fn on_start(&self, _: &Context) -> fleetwire::Result<()> {
+        Ok(())
+    }
+    async fn run(&self, ctx: &Context) -> fleetwire::Result<()> {
+        ctx.stopped().await;
+        Ok(())
+    }
+    async fn on_stop(&self, _: &Context) -> fleetwire::Result<()> {
+        Ok(())
+    }
+}
+
+const HEARTBEAT: Duration = Duration::from_millis(500);
+
+struct Outcome {
+    ok: usize,
+    failed: usize,
+    lost: usize,
+    outage: Duration,
+    reregistered_after: Duration,
+}
+
+/// Publish 5,000+ messages (counting only those that returned `Ok`) while
+/// a runner consumes them and a lifecycle keeps an instance registered;
+/// `kill -9` the primary after 1,500, restart it (Sentinel makes it a
+/// replica of the new primary) once the Sentinels agree on a new one.
+async fn failover_under_load(durable: bool) -> Option<Outcome> {
+    let mut set = SentinelSet::start()?;
+    let mut b = RedisBackend::builder()
+        .url(set.url())
+        .response_timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_millis(500));
+    if durable {
+        b = b.publish_replicas(1, Duration::from_millis(500));
+    }
+    let redis = b.build().expect("backend");
+    let bus: Arc<dyn EventBus> = Arc::new(redis.bus());
+    let stream = StreamName::new("orders").unwrap();
+
+    let consumed = Arc::new(Mutex::new(BTreeSet::<u64>::new()));
+    let runner = {
+        let consumed = consumed.clone();
+        Runner::builder(
+            bus.clone(),
+            stream.clone(),
+            GroupName::new("billing").unwrap(),
+            ConsumerName::new("w1").unwrap(),
+        )
+        .concurrency(64)
+        .store_retry(Duration::from_millis(20), Duration::from_millis(200))
+        .handler(move |d: fleetwire::Delivery| {
+            let consumed = consumed.clone();
+            async move {
+                let seq: u64 = d.envelope()?.kind.parse().unwrap_or(u64::MAX);
+                consumed.lock().insert(seq);
+                HandlerResult::Ok(())
+            }
+        })
+        .build()
+        .expect("runner")
+    };
+    let stop = Shutdown::default();
+    let consuming = tokio::spawn({
+        let (runner, stop) = (runner.clone(), stop.clone());
+        async move { runner.run(stop.wait()).await }
+    });
+
+    let lifecycle = Arc::new(
+        Lifecycle::builder("billing", "b-1")
+            .unwrap()
+            .registry(Arc::new(redis.registry()))
+            .jitter(Duration::ZERO)
+            .ttl(Duration::from_secs(2))
+            .heartbeat_every(HEARTBEAT)
+            .op_timeout(Duration::from_millis(400))
+            .handle_signals(false)
+            .without_control()
+            .build(),
+    );
+    let living = tokio::spawn({
+        let lifecycle = lifecycle.clone();
+        async move { lifecycle.run(&Idle).await }
+    });
+    let registry = redis.registry();
+    let service = ServiceName::new("billing").unwrap();
+    let listed = move |registry: fleetwire::redis::RedisRegistry| {
+        let service = service.clone();
+        async move {
+            registry
+                .list(Some(&service))
+                .await
+                .is_ok_and(|l| l.iter().any(|i| i.id.as_str() == "b-1"))
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !listed(registry.clone()).await {
+        assert!(Instant::now() < deadline, "the lifecycle did not register");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Consumed while publishing: the runner must have the group first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let old_port = set.primary.port;
+    let (mut ok, mut failed) = (Vec::<u64>::new(), 0usize);
+    let (mut last_ok_before, mut first_ok_after) = (None::<Instant>, None::<Instant>);
+    let mut killed = false;
+    let mut watcher = None;
+    let mut restarted = false;
+    let mut seq = 0u64;
+    let started = Instant::now();
+    while ok.len() < 5_000 {
+        assert!(started.elapsed() < Duration::from_secs(90), "load did not finish");
+        if !killed && ok.len() == 1_500 {
+            assert!(set.primary.kill9());
+            killed = true;
+            let (registry, listed) = (registry.clone(), listed.clone());
+            watcher = Some(tokio::spawn(async move {
+                // Skip the moment of the kill, when the old entry may still be read.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                while !listed(registry.clone()).await {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Instant::now()
+            }));
+        }
+        if killed && !restarted {
+            if let Some(new) = set.wait_new_primary(old_port, Duration::ZERO) {
+                assert_ne!(new, old_port);
+                // The old primary comes back (a supervisor restarting it) and
+                // Sentinel turns it into a replica of the new one.
+                set.primary.restart();
+                restarted = true;
+            }
+        }
+        seq += 1;
+        let envelope = Envelope::new(seq.to_string());
+        match tokio::time::timeout(Duration::from_secs(2), bus.publish(&stream, &envelope)).await {
+            Ok(Ok(_)) => {
+                let now = Instant::now();
+                if killed && first_ok_after.is_none() {
+                    first_ok_after = Some(now);
+                } else if !killed {
+                    last_ok_before = Some(now);
+                }
+                ok.push(seq);
+            }
+            _ => {
+                failed += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    let (before, after) = (
+        last_ok_before.unwrap(),
+        first_ok_after.expect("no publish after the kill"),
+    );
+    let outage = after - before;
+
+    // Re-registration: listed through the backend again within one heartbeat
+    // of the backend working again (the entry's 2 s TTL may run out in the
+    // outage, or the entry not reach the replica: the lifecycle puts it back).
+    let listed_at = tokio::time::timeout(Duration::from_secs(10), watcher.unwrap())
+        .await
+        .expect("the instance was not listed again within 10 s")
+        .unwrap();
+    let reregistered_after = listed_at.saturating_duration_since(after);
+
+    // Drain: everything still arriving is consumed.
+    let want: BTreeSet<u64> = ok.iter().copied().collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last_count = 0;
+    let mut quiet_since = Instant::now();
+    loop {
+        let got = consumed.lock().clone();
+        if want.is_subset(&got) || Instant::now() > deadline {
+            break;
+        }
+        if got.len() != last_count {
+            last_count = got.len();
+            quiet_since = Instant::now();
+        } else if !durable && quiet_since.elapsed() > Duration::from_secs(5) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = consumed.lock().clone();
+    let lost = want.difference(&got).count();
+    stop.trigger();
+    lifecycle.shutdown_handle().trigger();
+    let counts = consuming.await.unwrap().expect("the runner ended without error");
+    let _ = living.await;
+    let _ = counts;
+    Some(Outcome {
+        ok: ok.len(),
+        failed,
+        lost,
+        outage,
+        reregistered_after,
+    })
+}
+
+fn report(what: &str, o: &Outcome) {
+    println!(
+        "sentinel failover ({what}): {} publishes Ok, {} failed, outage {:?} (last Ok before the kill to first Ok after), \
+         {} acknowledged publishes lost, instance listed again {:?} after the first Ok publish",
+        o.ok, o.failed, o.outage, o.lost, o.reregistered_after
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_with_replica_acknowledgement_loses_no_acknowledged_publish() {
+    let Some(o) = failover_under_load(true).await else {
+        return;
+    };
+    report("publish_replicas(1, 500ms)", &o);
+    assert_eq!(o.lost, 0, "a publish that returned Ok was lost");
+    assert!(
+        o.reregistered_after <= HEARTBEAT + Duration::from_millis(300),
+        "{:?}",
+        o.reregistered_after
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_without_acknowledgement_reports_what_it_lost() {
+    let Some(o) = failover_under_load(false).await else {
+        return;
+    };
+    report("asynchronous replication", &o);
+    assert!(
+        o.reregistered_after <= HEARTBEAT + Duration::from_millis(300),
+        "{:?}",
+        o.reregistered_after
+    );
+}
