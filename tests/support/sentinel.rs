@@ -1,4 +1,4 @@
-//! A primary, one replica (`--replicaof`) and three Sentinels
+//! A primary, one replica (`--replicaof`; more on request) and three Sentinels
 //! (`redis-server <conf> --sentinel`), on free ports in temp dirs, killed on
 //! drop. [`SentinelSet::start`] returns once every Sentinel sees the primary,
 //! the replica and the two other Sentinels, and the replica is in sync.
@@ -94,7 +94,7 @@ impl Drop for SentinelProcess {
 
 pub struct SentinelSet {
     pub primary: RedisServer,
-    pub replica: RedisServer,
+    pub replicas: Vec<RedisServer>,
     pub sentinels: Vec<SentinelProcess>,
 }
 
@@ -116,9 +116,16 @@ impl SentinelSet {
     /// Start the five processes, or `None` (loudly) when `redis-server` is
     /// missing outside CI. With `CI` set, anything that does not come up panics.
     pub fn start() -> Option<Self> {
+        Self::start_with(1)
+    }
+
+    /// As [`start`](Self::start), with `replicas` replicas.
+    pub fn start_with(replicas: usize) -> Option<Self> {
         let primary = RedisServer::start()?;
         let port = primary.port.to_string();
-        let replica = RedisServer::start_with(&["--replicaof", "127.0.0.1", &port])?;
+        let replicas = (0..replicas)
+            .map(|_| RedisServer::start_with(&["--replicaof", "127.0.0.1", &port]))
+            .collect::<Option<Vec<_>>>()?;
         let sentinels: Vec<_> = (0..3)
             .map(|_| {
                 SentinelProcess::start(primary.port).expect("a Sentinel did not come up on any of 5 ports")
@@ -126,7 +133,7 @@ impl SentinelSet {
             .collect();
         let set = Self {
             primary,
-            replica,
+            replicas,
             sentinels,
         };
         set.wait_ready(Duration::from_secs(30));
@@ -146,13 +153,13 @@ impl SentinelSet {
     fn wait_ready(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            let synced = raw(self.replica.port, &["INFO", "replication"])
-                .is_some_and(|r| r.contains("master_link_status:up"));
+            let synced = self.replicas.iter().all(|r| {
+                raw(r.port, &["INFO", "replication"]).is_some_and(|r| r.contains("master_link_status:up"))
+            });
+            let slaves = format!("num-slaves\r\n$1\r\n{}\r\n", self.replicas.len());
             let seen = self.sentinels.iter().all(|s| {
-                raw(s.port, &["SENTINEL", "master", MASTER]).is_some_and(|r| {
-                    r.contains("num-slaves\r\n$1\r\n1\r\n")
-                        && r.contains("num-other-sentinels\r\n$1\r\n2\r\n")
-                })
+                raw(s.port, &["SENTINEL", "master", MASTER])
+                    .is_some_and(|r| r.contains(&slaves) && r.contains("num-other-sentinels\r\n$1\r\n2\r\n"))
             });
             if synced && seen {
                 return;
@@ -177,15 +184,17 @@ impl SentinelSet {
     /// other than `old`, within `within`.
     pub fn wait_new_primary(&self, old: u16, within: Duration) -> Option<u16> {
         let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
+        loop {
             let ports: Vec<Option<u16>> = self.sentinels.iter().map(|s| s.primary_port()).collect();
             if let Some(Some(p)) = ports.first() {
                 if *p != old && ports.iter().all(|q| *q == Some(*p)) {
                     return Some(*p);
                 }
             }
+            if Instant::now() >= deadline {
+                return None;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        None
     }
 }
