@@ -282,7 +282,7 @@ async fn failover_under_load(durable: bool, replicas: usize) -> Option<Outcome> 
                 restarted = true;
             }
         }
-        if std::env::var_os("SENTINEL_TRACE").is_some() && seq % 500 == 0 {
+        if std::env::var_os("SENTINEL_TRACE").is_some() && seq.is_multiple_of(500) {
             eprintln!(
                 "{:?}: {} ok, {failed} failed, killed {killed}, restarted {restarted}",
                 started.elapsed(),

@@ -23,6 +23,10 @@
 //!
 //! Only standalone Redis (or a primary) is supported, not Redis Cluster: the
 //! registry prunes its index with a script touching several keys.
+//!
+//! With the `redis-sentinel` feature, a `redis+sentinel://host:port,host:port/<master>`
+//! URL finds the primary through Redis Sentinel and follows it across a
+//! failover (see the README's "Scaling out: Sentinel").
 
 mod bus;
 mod connection;
@@ -242,7 +246,8 @@ impl RedisBackendBuilder {
     /// up-to-date one). Each publish then costs a round trip to the replicas
     /// and holds one of the `pool_size` blocking-read connections while
     /// waiting; streams with a keep-unacknowledged trim policy refuse it
-    /// (`Unsupported`).
+    /// (`Unsupported`). A publish dropped while waiting may still have
+    /// appended its entry, as any dropped publish may.
     pub fn publish_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
         self.publish_replicas = (replicas > 0).then_some((replicas, timeout));
         self
