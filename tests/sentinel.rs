@@ -413,3 +413,68 @@ async fn failover_without_acknowledgement_reports_what_it_lost() {
         o.reregistered_after
     );
 }
+
+/// A planned failover (`SENTINEL FAILOVER`): the old primary stays up and
+/// is demoted to a replica, so the backend's connections do not break;
+/// writes there would answer `READONLY`. Once the old primary is a replica,
+/// every write lands on the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demoted_primary_is_left_for_the_new_one() {
+    let Some(set) = SentinelSet::start() else {
+        return;
+    };
+    let redis = backend(&set);
+    let (bus, registry) = (redis.bus(), redis.registry());
+    let stream = StreamName::new("planned").unwrap();
+    bus.publish(&stream, &Envelope::new("before")).await.unwrap();
+    let old = set.primary.port;
+    let reply = raw(
+        set.sentinels[0].port,
+        &["SENTINEL", "FAILOVER", support::sentinel::MASTER],
+    )
+    .unwrap();
+    assert!(reply.starts_with("+OK"), "{reply}");
+    let new = set
+        .wait_new_primary(old, Duration::from_secs(20))
+        .expect("the Sentinels did not agree on a new primary");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !raw(old, &["INFO", "replication"]).is_some_and(|r| r.contains("role:slave")) {
+        assert!(Instant::now() < deadline, "the old primary was not demoted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let started = Instant::now();
+    let mut errors = BTreeSet::new();
+    let id = loop {
+        match bus.publish(&stream, &Envelope::new("after")).await {
+            Ok(id) => break id,
+            Err(e) => {
+                errors.insert(format!("{:?}", e.kind()));
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still failing: {errors:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    println!(
+        "planned failover: first write {:?} after the old primary was demoted (errors meanwhile: {errors:?})",
+        started.elapsed()
+    );
+    let last = raw(new, &["XREVRANGE", "planned", "+", "-", "COUNT", "1"]).unwrap();
+    assert!(
+        last.contains(&id.to_string()),
+        "{id} is not on the new primary: {last}"
+    );
+    let inst = fleetwire::Instance::new(
+        ServiceName::new("planned").unwrap(),
+        fleetwire::InstanceId::new("p-1").unwrap(),
+        fleetwire::Status::Running,
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while registry.register(&inst, Duration::from_secs(5)).await.is_err() {
+        assert!(Instant::now() < deadline, "the registry did not follow");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(raw(new, &["EXISTS", "sg:registry:service:planned:p-1"]).is_some_and(|r| r.trim() == ":1"));
+}

@@ -282,13 +282,17 @@ async fn follow(
     };
     let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(target.node.clone());
     let budget = settings.connect_timeout + settings.response_timeout;
+    let mut last_asked = std::time::Instant::now();
     loop {
         let prompt = match conn.upgrade() {
             Some(c) => c.suspect.listen(),
             None => return,
         };
         futures_util::future::select(prompt, Box::pin(rt::sleep(POLL_EVERY))).await;
-        rt::sleep(MIN_GAP).await;
+        if let Some(wait) = MIN_GAP.checked_sub(last_asked.elapsed()) {
+            rt::sleep(wait).await;
+        }
+        last_asked = std::time::Instant::now();
         let asked = rt::timeout(budget, sentinel.async_master_for(&target.master, Some(&node))).await;
         let Some(conn) = conn.upgrade() else {
             return;
