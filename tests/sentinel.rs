@@ -66,6 +66,10 @@ async fn conformance_on_tokio() {
             testkit::lifecycle::run(Arc::new(redis.registry()), Arc::new(unreachable().registry())).await,
         ),
         (
+            "control",
+            testkit::control::run(Arc::new(redis.bus()), Arc::new(redis.registry())).await,
+        ),
+        (
             "consumer",
             testkit::consumer::run(Arc::new(
                 RedisBackend::builder()

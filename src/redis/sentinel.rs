@@ -11,8 +11,8 @@
 //! backend at the primary they name, after that node confirmed with `ROLE`
 //! that it is a primary: reads and writes never go to a replica. A follower
 //! task then re-asks on every `+switch-master` a Sentinel announces, at once
-//! when a call finds the server gone or read-only, and once a second
-//! otherwise; a new primary replaces the backend's connections (one atomic
+//! when a registry or liveness call finds the server gone or read-only, and
+//! once a second otherwise; a new primary replaces the backend's connections (one atomic
 //! pointer swap) without rebuilding anything.
 
 use super::connection::{Conn, Endpoint, Settings};
