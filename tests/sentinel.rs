@@ -49,7 +49,29 @@ async fn conformance_on_tokio() {
     let Some(set) = SentinelSet::start() else {
         return;
     };
-    let redis = backend(&set);
+    all_suites(&set).await;
+}
+
+#[cfg(feature = "rt-smol")]
+#[test]
+fn conformance_on_smol() {
+    let Some(set) = SentinelSet::start() else {
+        return;
+    };
+    smol::block_on(all_suites(&set));
+}
+
+#[cfg(feature = "rt-async-std")]
+#[test]
+fn conformance_on_async_std() {
+    let Some(set) = SentinelSet::start() else {
+        return;
+    };
+    async_std::task::block_on(all_suites(&set));
+}
+
+async fn all_suites(set: &SentinelSet) {
+    let redis = backend(set);
     let reports = [
         (
             "registry",
