@@ -255,6 +255,8 @@ impl RedisBackendBuilder {
 
     /// Build the backend. No connection is made until the first call, so
     /// this succeeds while Redis is down; call it inside the async runtime.
+    /// (A `redis+sentinel://` URL is the exception: the Sentinels are asked
+    /// for the primary here, blocking for at most the connect timeout.)
     pub fn build(self) -> Result<RedisBackend> {
         self.bus.warn_raised_caps();
         let redacted_url = redact(&self.url);

@@ -7,7 +7,7 @@
 //! `?sentinel_username=..&sentinel_password=..` authenticate to the Sentinels.
 //!
 //! [`RedisBackendBuilder::build`](super::RedisBackendBuilder::build) asks the
-//! Sentinels once (each bounded by the connect timeout) and points the
+//! Sentinels once (all within the connect timeout) and points the
 //! backend at the primary they name, after that node confirmed with `ROLE`
 //! that it is a primary: reads and writes never go to a replica. A follower
 //! task then re-asks on every `+switch-master` a Sentinel announces, at once
@@ -204,9 +204,15 @@ impl Target {
     /// Ask the Sentinels in turn, synchronously, each bounded by `timeout`,
     /// for a primary that confirms its role. Used once, by `build`.
     fn discover_blocking(&self, timeout: Duration) -> std::result::Result<ConnectionAddr, String> {
+        let deadline = std::time::Instant::now() + timeout;
         let mut why = String::from("no Sentinel answered");
         for s in &self.sentinels {
-            match self.ask_blocking(s, timeout) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left < Duration::from_millis(1) {
+                why = format!("{why}; no time left for the others within the connect timeout ({timeout:?})");
+                break;
+            }
+            match self.ask_blocking(s, left) {
                 Ok(addr) => return Ok(addr),
                 Err(e) => why = format!("Sentinel {}:{}: {e}", s.0, s.1),
             }
@@ -283,16 +289,24 @@ async fn follow(
     let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(target.node.clone());
     let budget = settings.connect_timeout + settings.response_timeout;
     let mut last_asked = std::time::Instant::now();
+    let mut watch = Watch::default();
     loop {
         let prompt = match conn.upgrade() {
             Some(c) => c.suspect.listen(),
             None => return,
         };
-        futures_util::future::select(prompt, Box::pin(rt::sleep(POLL_EVERY))).await;
+        let woke = futures_util::future::select(prompt, Box::pin(rt::sleep(POLL_EVERY))).await;
+        let prompted = matches!(woke, futures_util::future::Either::Left(_));
         if let Some(wait) = MIN_GAP.checked_sub(last_asked.elapsed()) {
             rt::sleep(wait).await;
         }
         last_asked = std::time::Instant::now();
+        // The routine check is one command on a kept Sentinel connection; the
+        // full question (which also opens a connection to the node for `ROLE`)
+        // only when prompted or when the Sentinels name another node.
+        if !prompted && current.is_some() && watch.named(&target, budget).await == current {
+            continue;
+        }
         let asked = rt::timeout(budget, sentinel.async_master_for(&target.master, Some(&node))).await;
         let Some(conn) = conn.upgrade() else {
             return;
@@ -326,6 +340,40 @@ async fn follow(
             }
             Err(e) => tracing::warn!(event = "sentinel_switch_failed", error = %e),
         }
+    }
+}
+
+/// A kept connection to one Sentinel, for the routine "who is primary?".
+#[derive(Default)]
+struct Watch {
+    conn: Option<redis::aio::MultiplexedConnection>,
+    next: usize,
+}
+
+impl Watch {
+    /// The address the Sentinels name now (`None` when none answers).
+    async fn named(&mut self, target: &Target, budget: Duration) -> Option<ConnectionAddr> {
+        for _ in 0..target.sentinels.len() {
+            if self.conn.is_none() {
+                let s = &target.sentinels[self.next % target.sentinels.len()];
+                self.next += 1;
+                let client = redis::Client::open(target.sentinel_info(s)).ok()?;
+                self.conn = rt::timeout(budget, client.get_multiplexed_async_connection())
+                    .await
+                    .ok()
+                    .and_then(|c| c.ok());
+            }
+            let Some(c) = self.conn.as_mut() else {
+                continue;
+            };
+            let mut ask = redis::cmd("SENTINEL");
+            ask.arg("get-master-addr-by-name").arg(&target.master);
+            match rt::timeout(budget, ask.query_async::<Option<(String, u16)>>(c)).await {
+                Ok(Ok(named)) => return named.map(|(host, port)| ConnectionAddr::Tcp(host, port)),
+                _ => self.conn = None,
+            }
+        }
+        None
     }
 }
 
