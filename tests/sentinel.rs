@@ -504,3 +504,52 @@ async fn a_demoted_primary_is_left_for_the_new_one() {
     }
     assert!(raw(new, &["EXISTS", "sg:registry:service:planned:p-1"]).is_some_and(|r| r.trim() == ":1"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_replicas_reports_too_few_acknowledgements() {
+    let Some(set) = SentinelSet::start() else {
+        return;
+    };
+    let stream = StreamName::new("acked").unwrap();
+    let with = |n: u32| {
+        RedisBackend::builder()
+            .url(set.url())
+            .publish_replicas(n, Duration::from_millis(200))
+            .build()
+            .expect("backend")
+            .bus()
+    };
+    // One replica: one acknowledgement, for a publish and a batch.
+    let bus = with(1);
+    bus.publish(&stream, &Envelope::new("one")).await.unwrap();
+    let ids = bus
+        .publish_batch(&stream, &[Envelope::new("two"), Envelope::new("three")])
+        .await
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    // Two asked of one replica: the entry is written, the caller told it is not safe.
+    let started = Instant::now();
+    let err = with(2)
+        .publish(&stream, &Envelope::new("four"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotReplicated, "{err}");
+    assert!(!err.is_temporary());
+    let msg = err.to_string();
+    assert!(
+        msg.contains("stream `acked`") && msg.contains("1 of 2 replicas"),
+        "{msg}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(raw(set.primary.port, &["XLEN", "acked"]).unwrap().trim(), ":4");
+    // Keep-unacknowledged streams refuse it rather than skip the WAIT.
+    let keep = RedisBackend::builder()
+        .url(set.url())
+        .trim_policy(fleetwire::TrimPolicy::keep_unacknowledged())
+        .publish_replicas(1, Duration::from_millis(200))
+        .build()
+        .unwrap()
+        .bus();
+    let err = keep.publish(&stream, &Envelope::new("five")).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+}

@@ -91,6 +91,15 @@ impl RedisBus {
         for body in bodies {
             pipe.add_command(Self::xadd(stream, Some(max_len), body));
         }
+        let now = clock::unix_ms();
+        let sample = self.guard.sample_due(stream, now);
+        if sample {
+            pipe.cmd("XLEN")
+                .arg(stream.as_str())
+                .cmd("XINFO")
+                .arg("GROUPS")
+                .arg(stream.as_str());
+        }
         // `WAIT n 0` would wait forever.
         let wait_ms = clock::duration_ms(timeout).clamp(1, MAX_DELAY_MS);
         pipe.cmd("WAIT").arg(replicas).arg(wait_ms);
@@ -104,12 +113,16 @@ impl RedisBus {
             .await
             .map_err(|e| map_err(e, format!("publish to stream `{stream}`")))?
             .unwrap_or_default();
-        let Some((acked, xadds)) = replies.split_last() else {
+        let Some((acked, mut xadds)) = replies.split_last() else {
             return Err(Error::new(
                 crate::ErrorKind::Protocol,
                 "XADD and WAIT returned nothing",
             ));
         };
+        if let (true, [rest @ .., len, groups]) = (sample, xadds) {
+            self.observe(stream, max_len, now, len, groups);
+            xadds = rest;
+        }
         let ids = xadds.iter().map(parse::message_id).collect::<Result<Vec<_>>>()?;
         let acked = redis::from_redis_value_ref::<u64>(acked)
             .map_err(|e| Error::new(crate::ErrorKind::Protocol, "WAIT returned no count").with_source(e))?;
@@ -463,21 +476,26 @@ impl RedisBus {
             .await
             .map_err(|e| map_err(e, format!("publish to stream `{stream}`")))?;
         if let [.., len, groups] = &replies[..] {
-            let length = redis::from_redis_value_ref::<u64>(len).unwrap_or(0);
-            let groups = parse::groups(groups).unwrap_or_default();
-            let sample = BacklogSample {
-                length,
-                pending: groups.iter().map(|g| g.pending).max().unwrap_or(0),
-                max_len,
-                trimmed_undelivered: groups
-                    .iter()
-                    .filter_map(|g| parse::trimmed_undelivered(g.lag, length))
-                    .max()
-                    .unwrap_or(0),
-            };
-            self.guard.observe(stream, now, sample);
+            self.observe(stream, max_len, now, len, groups);
         }
         replies[..n].iter().map(parse::message_id).collect()
+    }
+
+    /// Feed the backlog guard the `XLEN` and `XINFO GROUPS` replies of a sample.
+    fn observe(&self, stream: &StreamName, max_len: u64, now: u64, len: &Value, groups: &Value) {
+        let length = redis::from_redis_value_ref::<u64>(len).unwrap_or(0);
+        let groups = parse::groups(groups).unwrap_or_default();
+        let sample = BacklogSample {
+            length,
+            pending: groups.iter().map(|g| g.pending).max().unwrap_or(0),
+            max_len,
+            trimmed_undelivered: groups
+                .iter()
+                .filter_map(|g| parse::trimmed_undelivered(g.lag, length))
+                .max()
+                .unwrap_or(0),
+        };
+        self.guard.observe(stream, now, sample);
     }
 }
 
