@@ -553,3 +553,20 @@ async fn publish_replicas_reports_too_few_acknowledgements() {
     let err = keep.publish(&stream, &Envelope::new("five")).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_env_takes_a_sentinel_url() {
+    let Some(set) = SentinelSet::start() else {
+        return;
+    };
+    // No other test in this binary reads the environment's Redis URL.
+    std::env::set_var("SG_REDIS_URL", set.url());
+    let redis = RedisBackend::from_env().expect("backend");
+    redis.ping().await.unwrap();
+    redis
+        .bus()
+        .publish(&StreamName::new("env").unwrap(), &Envelope::new("x"))
+        .await
+        .unwrap();
+    assert_eq!(raw(set.primary.port, &["XLEN", "env"]).unwrap().trim(), ":1");
+}
