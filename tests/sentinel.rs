@@ -222,6 +222,10 @@ async fn failover_under_load(durable: bool, replicas: usize) -> Option<Outcome> 
         )
         .concurrency(64)
         .store_retry(Duration::from_millis(20), Duration::from_millis(200))
+        // A read whose reply died with the primary leaves its entries
+        // pending, unseen: the reaper hands them out again after the lease.
+        .lease(Duration::from_secs(2))
+        .reaper(Duration::from_millis(500), 1_000)
         .handler(move |d: fleetwire::Delivery| {
             let consumed = consumed.clone();
             async move {
@@ -276,6 +280,7 @@ async fn failover_under_load(durable: bool, replicas: usize) -> Option<Outcome> 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let old_port = set.primary.port;
     let (mut ok, mut failed) = (Vec::<u64>::new(), 0usize);
+    let mut ids = std::collections::BTreeMap::new();
     let (mut last_ok_before, mut first_ok_after) = (None::<Instant>, None::<Instant>);
     let mut killed = false;
     let mut watcher = None;
@@ -318,7 +323,8 @@ async fn failover_under_load(durable: bool, replicas: usize) -> Option<Outcome> 
         seq += 1;
         let envelope = Envelope::new(seq.to_string());
         match tokio::time::timeout(Duration::from_secs(2), bus.publish(&stream, &envelope)).await {
-            Ok(Ok(_)) => {
+            Ok(Ok(id)) => {
+                ids.insert(seq, id);
                 let now = Instant::now();
                 if killed && first_ok_after.is_none() {
                     first_ok_after = Some(now);
@@ -370,7 +376,20 @@ async fn failover_under_load(durable: bool, replicas: usize) -> Option<Outcome> 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let got = consumed.lock().clone();
-    let lost = want.difference(&got).count();
+    let missing: Vec<u64> = want.difference(&got).copied().collect();
+    let lost = missing.len();
+    if lost > 0 {
+        // Tell a publish the promoted replica never had from one it has
+        // but the runner did not hand out.
+        let primary = set
+            .wait_new_primary(old_port, Duration::from_secs(1))
+            .unwrap_or(old_port);
+        for seq in &missing {
+            let id = ids[seq].to_string();
+            let on_primary = raw(primary, &["XRANGE", "orders", &id, &id]).is_some_and(|r| r.contains(&id));
+            println!("unconsumed publish {seq} ({id}): in the new primary's stream: {on_primary}");
+        }
+    }
     stop.trigger();
     lifecycle.shutdown_handle().trigger();
     let counts = consuming.await.unwrap().expect("the runner ended without error");

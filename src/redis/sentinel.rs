@@ -283,8 +283,12 @@ async fn follow(
     mut current: Option<ConnectionAddr>,
 ) {
     let infos: Vec<ConnectionInfo> = target.sentinels.iter().map(|s| target.sentinel_info(s)).collect();
-    let Ok(mut sentinel) = Sentinel::build(infos) else {
-        return;
+    let mut sentinel = match Sentinel::build(infos) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(event = "sentinel_follower_failed", master = %target.master, error = %e, "failovers will not be followed");
+            return;
+        }
     };
     let node = SentinelNodeConnectionInfo::default().set_redis_connection_info(target.node.clone());
     let budget = settings.connect_timeout + settings.response_timeout;
