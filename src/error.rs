@@ -38,6 +38,11 @@ pub enum ErrorKind {
     /// does not name the host, or the server refused the client's. Retrying
     /// with the same configuration will not help.
     Tls,
+    /// A publish was written on the primary but fewer replicas than asked
+    /// acknowledged it in time (Redis `WAIT`). The entry is in the stream and
+    /// may survive; it is lost only if the primary fails before replicating
+    /// it. Not temporary: a blind retry would publish it twice.
+    NotReplicated,
 }
 
 impl fmt::Display for ErrorKind {
@@ -55,6 +60,7 @@ impl fmt::Display for ErrorKind {
             Self::Backpressure => "backpressure",
             Self::Authentication => "authentication",
             Self::Tls => "tls",
+            Self::NotReplicated => "not replicated",
         })
     }
 }

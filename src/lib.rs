@@ -47,6 +47,10 @@
     feature = "redis",
     doc = "- [`redis`]: Redis via redis-rs; bb8 pool for blocking reads on Tokio."
 )]
+#![cfg_attr(
+    feature = "redis-sentinel",
+    doc = "- `redis-sentinel`: `redis+sentinel://` URLs; connections follow a failover."
+)]
 #![cfg_attr(feature = "http", doc = "- [`http`]: the health server over hyper.")]
 #![cfg_attr(
     feature = "metrics",

@@ -418,3 +418,15 @@ async fn an_unreadable_registry_entry_is_skipped_not_fatal() {
     let listed = reg.list(None).await.unwrap();
     assert_eq!(listed, vec![good]);
 }
+
+#[cfg(not(feature = "redis-sentinel"))]
+#[tokio::test]
+async fn a_sentinel_url_without_the_feature_names_the_feature() {
+    let err = RedisBackend::builder()
+        .url("redis+sentinel://:pw@127.0.0.1:26379/m")
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
+    assert!(err.to_string().contains("`redis-sentinel` feature"), "{err}");
+    assert!(!err.to_string().contains("pw@"), "{err}");
+}

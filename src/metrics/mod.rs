@@ -165,6 +165,7 @@ fn kind_label(kind: crate::ErrorKind) -> &'static str {
         Backpressure => "backpressure",
         Authentication => "authentication",
         Tls => "tls",
+        NotReplicated => "not_replicated",
     }
 }
 

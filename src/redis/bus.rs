@@ -44,6 +44,8 @@ pub struct RedisBus {
     config: Arc<BusConfig>,
     guard: Arc<BacklogGuard>,
     acked_trim: Arc<AckedTrim>,
+    /// Replicas that must acknowledge each publish, and how long to wait.
+    replicas: Option<(u32, Duration)>,
 }
 
 impl RedisBus {
@@ -55,7 +57,86 @@ impl RedisBus {
             config: Arc::new(config),
             guard,
             acked_trim,
+            replicas: None,
         }
+    }
+
+    /// Require `replicas` replicas to acknowledge each publish within `timeout`.
+    pub(crate) fn with_replicas(mut self, replicas: Option<(u32, Duration)>) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// `XADD` each body and `WAIT` for `replicas` acknowledgements in one
+    /// pipeline on one blocking-read connection: `WAIT` counts the writes of
+    /// its own connection, and blocks that connection while it waits, so it
+    /// must not share the multiplexed one.
+    async fn publish_replicated(
+        &self,
+        stream: &StreamName,
+        bodies: &[&[u8]],
+        (replicas, timeout): (u32, Duration),
+    ) -> Result<Vec<MessageId>> {
+        if let TrimPolicy::KeepUnacknowledged { .. } = self.config.trim_of(stream) {
+            return Err(Error::new(
+                crate::ErrorKind::Unsupported,
+                format!(
+                    "publish to stream `{stream}` failed: replica acknowledgement is not supported \
+                     on streams that keep unacknowledged entries"
+                ),
+            ));
+        }
+        let max_len = self.config.max_len_of(stream);
+        let mut pipe = redis::pipe();
+        for body in bodies {
+            pipe.add_command(Self::xadd(stream, Some(max_len), body));
+        }
+        let now = clock::unix_ms();
+        let sample = self.guard.sample_due(stream, now);
+        if sample {
+            pipe.cmd("XLEN")
+                .arg(stream.as_str())
+                .cmd("XINFO")
+                .arg("GROUPS")
+                .arg(stream.as_str());
+        }
+        // `WAIT n 0` would wait forever.
+        let wait_ms = clock::duration_ms(timeout).clamp(1, MAX_DELAY_MS);
+        pipe.cmd("WAIT").arg(replicas).arg(wait_ms);
+        let slot = CancelSlot::default();
+        let wait = Duration::from_millis(wait_ms).saturating_add(self.conn.response_timeout);
+        let replies = self
+            .conn
+            .current()
+            .blocking
+            .query(&pipe, wait, &slot)
+            .await
+            .map_err(|e| map_err(e, format!("publish to stream `{stream}`")))?
+            .unwrap_or_default();
+        let Some((acked, mut xadds)) = replies.split_last() else {
+            return Err(Error::new(
+                crate::ErrorKind::Protocol,
+                "XADD and WAIT returned nothing",
+            ));
+        };
+        if let (true, [rest @ .., len, groups]) = (sample, xadds) {
+            self.observe(stream, max_len, now, len, groups);
+            xadds = rest;
+        }
+        let ids = xadds.iter().map(parse::message_id).collect::<Result<Vec<_>>>()?;
+        let acked = redis::from_redis_value_ref::<u64>(acked)
+            .map_err(|e| Error::new(crate::ErrorKind::Protocol, "WAIT returned no count").with_source(e))?;
+        if acked < u64::from(replicas) {
+            let last = ids.last().map(|id| id.to_string()).unwrap_or_default();
+            return Err(Error::new(
+                crate::ErrorKind::NotReplicated,
+                format!(
+                    "publish to stream `{stream}` failed: {acked} of {replicas} replicas acknowledged \
+                     entry {last} within {timeout:?} (it is on the primary, and lost if the primary fails first)"
+                ),
+            ));
+        }
+        Ok(ids)
     }
 
     /// `XADD`, trimmed to about `max_len` when given.
@@ -247,7 +328,7 @@ impl RedisBus {
                 let call = {
                     let slot = slot.clone();
                     async move {
-                        match conn.blocking.query(&pipe, wait, &slot).await {
+                        match conn.current().blocking.query(&pipe, wait, &slot).await {
                             Ok(Some(replies)) => parse::read_reply(replies.last().unwrap_or(&Value::Nil)),
                             Ok(None) => Ok(Vec::new()),
                             Err(e) => Err(map_err(e, what)),
@@ -395,21 +476,26 @@ impl RedisBus {
             .await
             .map_err(|e| map_err(e, format!("publish to stream `{stream}`")))?;
         if let [.., len, groups] = &replies[..] {
-            let length = redis::from_redis_value_ref::<u64>(len).unwrap_or(0);
-            let groups = parse::groups(groups).unwrap_or_default();
-            let sample = BacklogSample {
-                length,
-                pending: groups.iter().map(|g| g.pending).max().unwrap_or(0),
-                max_len,
-                trimmed_undelivered: groups
-                    .iter()
-                    .filter_map(|g| parse::trimmed_undelivered(g.lag, length))
-                    .max()
-                    .unwrap_or(0),
-            };
-            self.guard.observe(stream, now, sample);
+            self.observe(stream, max_len, now, len, groups);
         }
         replies[..n].iter().map(parse::message_id).collect()
+    }
+
+    /// Feed the backlog guard the `XLEN` and `XINFO GROUPS` replies of a sample.
+    fn observe(&self, stream: &StreamName, max_len: u64, now: u64, len: &Value, groups: &Value) {
+        let length = redis::from_redis_value_ref::<u64>(len).unwrap_or(0);
+        let groups = parse::groups(groups).unwrap_or_default();
+        let sample = BacklogSample {
+            length,
+            pending: groups.iter().map(|g| g.pending).max().unwrap_or(0),
+            max_len,
+            trimmed_undelivered: groups
+                .iter()
+                .filter_map(|g| parse::trimmed_undelivered(g.lag, length))
+                .max()
+                .unwrap_or(0),
+        };
+        self.guard.observe(stream, now, sample);
     }
 }
 
@@ -454,6 +540,13 @@ impl EventBus for RedisBus {
     }
 
     async fn publish(&self, stream: &StreamName, envelope: &Envelope) -> Result<MessageId> {
+        if let Some(replicas) = self.replicas {
+            let body = self.config.codec.encode(envelope)?;
+            let mut ids = self.publish_replicated(stream, &[&body[..]], replicas).await?;
+            return ids
+                .pop()
+                .ok_or_else(|| Error::new(crate::ErrorKind::Protocol, "XADD returned no id"));
+        }
         self.publish_one(stream, envelope).await
     }
 
@@ -467,6 +560,9 @@ impl EventBus for RedisBus {
             .map(|e| self.config.codec.encode(e))
             .collect::<Result<Vec<_>>>()?;
         let slices: Vec<&[u8]> = bodies.iter().map(|b| &b[..]).collect();
+        if let Some(replicas) = self.replicas {
+            return self.publish_replicated(stream, &slices, replicas).await;
+        }
         self.publish_bodies(stream, &slices).await
     }
 

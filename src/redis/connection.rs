@@ -307,14 +307,56 @@ impl Blocking {
     }
 }
 
-/// The shared connection state of one backend.
-pub(crate) struct Conn {
+/// The server a backend talks to: its client, the shared multiplexed
+/// connection and the blocking-read connections, replaced together when a
+/// Sentinel names a new primary.
+#[derive(Debug)]
+pub(crate) struct Endpoint {
     pub(crate) client: redis::Client,
     pub(crate) manager: ConnectionManager,
     pub(crate) blocking: Blocking,
+}
+
+/// The connection settings of a backend, from its builder.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub(crate) pool_size: u32,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) response_timeout: Duration,
+    pub(crate) probe_every: Duration,
+}
+
+impl Endpoint {
+    /// Connections to `client`'s server, made lazily on first use.
+    pub(crate) fn new(client: redis::Client, s: &Settings, redacted_url: &str) -> Result<Self> {
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(s.connect_timeout))
+            .set_response_timeout(Some(s.response_timeout))
+            .set_number_of_retries(2)
+            // Short: the probe waits out a reconnect's back-off before it sees Redis back.
+            .set_max_delay(Duration::from_millis(250));
+        let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .map_err(|e| map_err(e, format!("connect to `{redacted_url}`")))?;
+        let blocking = Blocking::new(&client, s.pool_size, s.connect_timeout);
+        Ok(Self {
+            client,
+            manager,
+            blocking,
+        })
+    }
+}
+
+/// The shared connection state of one backend.
+pub(crate) struct Conn {
+    /// Swapped only by a Sentinel follower; a load is a few atomic operations
+    /// and no lock, so the publish path pays nothing for failover support.
+    pub(crate) endpoint: arc_swap::ArcSwap<Endpoint>,
     pub(crate) response_timeout: Duration,
     pub(crate) redacted_url: String,
     pub(crate) health: Health,
+    /// Notified when a call found the server gone or read-only, so a
+    /// Sentinel follower asks for the primary at once.
+    pub(crate) suspect: event_listener::Event,
 }
 
 impl std::fmt::Debug for Conn {
@@ -322,7 +364,7 @@ impl std::fmt::Debug for Conn {
         f.debug_struct("Conn")
             .field("url", &self.redacted_url)
             .field("available", &self.available())
-            .field("blocking", &self.blocking)
+            .field("blocking", &self.endpoint.load().blocking)
             .finish()
     }
 }
@@ -378,8 +420,23 @@ impl std::fmt::Display for NoReply {
 impl std::error::Error for NoReply {}
 
 impl Conn {
+    pub(crate) fn new(endpoint: Endpoint, s: Settings, redacted_url: String) -> Arc<Self> {
+        Arc::new(Self {
+            endpoint: arc_swap::ArcSwap::from_pointee(endpoint),
+            response_timeout: s.response_timeout,
+            redacted_url,
+            health: Health::new(s.probe_every),
+            suspect: event_listener::Event::new(),
+        })
+    }
+
     pub(crate) fn manager(&self) -> ConnectionManager {
-        self.manager.clone()
+        self.endpoint.load().manager.clone()
+    }
+
+    /// The current endpoint (its blocking connections, its client).
+    pub(crate) fn current(&self) -> Arc<Endpoint> {
+        self.endpoint.load_full()
     }
 
     /// False from a connection-level failure of an ordinary command until
@@ -410,6 +467,12 @@ impl Conn {
                 // reporting it as such instead of "unavailable".
                 if is_connection_failure(&e) && !is_tls_failure(&e) {
                     self.mark_down(e.to_string());
+                } else if server_codes(&e)
+                    .iter()
+                    .any(|c| c == "READONLY" || c == "MASTERDOWN")
+                {
+                    // A demoted primary: whoever follows the Sentinels re-asks now.
+                    self.suspect.notify(usize::MAX);
                 }
                 Err(map_err(e, what()))
             }
@@ -422,8 +485,9 @@ impl Conn {
     }
 
     /// Mark the server down and make sure a probe is running.
-    fn mark_down(self: &Arc<Self>, why: String) {
+    pub(crate) fn mark_down(self: &Arc<Self>, why: String) {
         let h = &self.health;
+        self.suspect.notify(usize::MAX);
         *h.last_failure.lock() = why;
         if !h.down.swap(true, SeqCst) {
             tracing::warn!(

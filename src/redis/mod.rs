@@ -23,6 +23,10 @@
 //!
 //! Only standalone Redis (or a primary) is supported, not Redis Cluster: the
 //! registry prunes its index with a script touching several keys.
+//!
+//! With the `redis-sentinel` feature, a `redis+sentinel://host:port,host:port/<master>`
+//! URL finds the primary through Redis Sentinel and follows it across a
+//! failover (see the README's "Scaling out: Sentinel").
 
 mod bus;
 mod connection;
@@ -32,6 +36,8 @@ mod liveness;
 pub mod parse;
 mod registry;
 mod scripts;
+#[cfg(feature = "redis-sentinel")]
+mod sentinel;
 mod server;
 #[cfg(feature = "redis-tls")]
 mod tls;
@@ -50,7 +56,7 @@ use crate::{
     error::{Error, Result},
     name::StreamName,
 };
-use connection::{redact, Blocking, Conn};
+use connection::{redact, Conn};
 use keys::Keys;
 use server::AckedTrim;
 use std::{sync::Arc, time::Duration};
@@ -64,6 +70,7 @@ pub struct RedisBackend {
     adopt_legacy_every: Option<Duration>,
     adoption: Arc<std::sync::Once>,
     acked_trim: Arc<AckedTrim>,
+    publish_replicas: Option<(u32, Duration)>,
 }
 
 /// Builds a [`RedisBackend`]. Every setting has a documented default.
@@ -81,6 +88,7 @@ pub struct RedisBackendBuilder {
     acked_trim: Option<bool>,
     #[cfg(feature = "redis-tls")]
     tls: Option<RedisTls>,
+    publish_replicas: Option<(u32, Duration)>,
 }
 
 impl std::fmt::Debug for RedisBackendBuilder {
@@ -95,6 +103,7 @@ impl std::fmt::Debug for RedisBackendBuilder {
             .field("liveness_key_prefix", &self.liveness_key_prefix)
             .field("adopt_legacy_every", &self.adopt_legacy_every)
             .field("acked_trim", &self.acked_trim)
+            .field("publish_replicas", &self.publish_replicas)
             .finish_non_exhaustive()
     }
 }
@@ -114,6 +123,7 @@ impl Default for RedisBackendBuilder {
             acked_trim: None,
             #[cfg(feature = "redis-tls")]
             tls: None,
+            publish_replicas: None,
         }
     }
 }
@@ -230,40 +240,75 @@ impl RedisBackendBuilder {
         self
     }
 
+    /// Make every publish wait until `replicas` replicas acknowledged it
+    /// (`WAIT replicas timeout` after the `XADD`, on the same connection);
+    /// fewer in time fail the publish with
+    /// [`NotReplicated`](crate::ErrorKind::NotReplicated). Default: off.
+    ///
+    /// Redis replicates asynchronously: without this, a publish returns `Ok`
+    /// once the primary has it, and a failover (or a restart without
+    /// persistence) loses whatever the replicas had not received yet,
+    /// typically the last milliseconds of writes. With it, a publish that
+    /// returned `Ok` survives the loss of the primary as long as a replica
+    /// that acknowledged it is promoted (what Sentinel picks: the most
+    /// up-to-date one). Each publish then costs a round trip to the replicas
+    /// and holds one of the `pool_size` blocking-read connections while
+    /// waiting; streams with a keep-unacknowledged trim policy refuse it
+    /// (`Unsupported`). A publish dropped while waiting may still have
+    /// appended its entry, as any dropped publish may.
+    pub fn publish_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.publish_replicas = (replicas > 0).then_some((replicas, timeout));
+        self
+    }
+
     /// Build the backend. No connection is made until the first call, so
     /// this succeeds while Redis is down; call it inside the async runtime.
+    /// (A `redis+sentinel://` URL is the exception: the Sentinels are asked
+    /// for the primary here, blocking for at most the connect timeout.)
     pub fn build(self) -> Result<RedisBackend> {
         self.bus.warn_raised_caps();
         let redacted_url = redact(&self.url);
-        let client = self.open_client(&redacted_url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.response_timeout))
-            .set_number_of_retries(2)
-            // Short: the probe waits out a reconnect's back-off before it sees Redis back.
-            .set_max_delay(Duration::from_millis(250));
-        let manager = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .map_err(|e| connection::map_err(e, format!("connect to `{redacted_url}`")))?;
         let mut keys = Keys::new(&self.namespace)?;
         if let Some(prefix) = &self.liveness_key_prefix {
             keys = keys.with_liveness_prefix(prefix)?;
         }
-        let blocking = Blocking::new(&client, self.pool_size, self.connect_timeout);
+        let settings = connection::Settings {
+            pool_size: self.pool_size,
+            connect_timeout: self.connect_timeout,
+            response_timeout: self.response_timeout,
+            probe_every: self.probe_every,
+        };
+        let conn = self.connect(settings, redacted_url)?;
         Ok(RedisBackend {
-            conn: Arc::new(Conn {
-                client,
-                manager,
-                blocking,
-                response_timeout: self.response_timeout,
-                redacted_url,
-                health: connection::Health::new(self.probe_every),
-            }),
+            conn,
             keys,
             bus: self.bus,
             adopt_legacy_every: self.adopt_legacy_every,
             adoption: Arc::new(std::sync::Once::new()),
             acked_trim: Arc::new(AckedTrim::new(self.acked_trim)),
+            publish_replicas: self.publish_replicas,
         })
+    }
+}
+
+impl RedisBackendBuilder {
+    /// The connection state for the URL: a Sentinel-followed primary for
+    /// `redis+sentinel://`, else one server.
+    fn connect(&self, settings: connection::Settings, redacted_url: String) -> Result<Arc<Conn>> {
+        #[cfg(feature = "redis-sentinel")]
+        if let Some(target) = sentinel::Target::parse(&self.url)? {
+            return sentinel::connect(target, settings, redacted_url);
+        }
+        #[cfg(not(feature = "redis-sentinel"))]
+        if self.url.starts_with("redis+sentinel://") {
+            return Err(Error::new(
+                crate::ErrorKind::Unsupported,
+                format!("Sentinel URL `{redacted_url}` needs fleetwire's `redis-sentinel` feature"),
+            ));
+        }
+        let client = self.open_client(&redacted_url)?;
+        let endpoint = connection::Endpoint::new(client, &settings, &redacted_url)?;
+        Ok(Conn::new(endpoint, settings, redacted_url))
     }
 }
 
@@ -337,6 +382,7 @@ impl RedisBackend {
             self.bus.clone(),
             self.acked_trim.clone(),
         )
+        .with_replicas(self.publish_replicas)
     }
 
     /// `PING` the server (failing at once while it is marked unavailable).

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod logs;
+pub mod sentinel;
 
 use std::{
     io::{Read, Write},
