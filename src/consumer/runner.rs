@@ -898,8 +898,10 @@ impl<F: Future<Output = Finished> + Send + 'static> Session<F> {
         now >= self.next_reap && self.free_for_takeover() > 0
     }
 
-    /// Take over entries idle longer than the lease; true when it filled
-    /// every slot it had (more may be due).
+    /// Take over entries idle longer than the lease; true when new entries
+    /// filled every slot it had (more may be due). Entries this runner
+    /// already holds do not count, so a claim that keeps returning them
+    /// cannot keep the reaper spinning.
     async fn reap(&mut self) -> Result<bool> {
         let want = self.free_for_takeover().min(self.r.config.reap_batch);
         let r = self.r.clone();
@@ -907,7 +909,12 @@ impl<F: Future<Output = Finished> + Send + 'static> Session<F> {
             .bus
             .claim(&r.stream, &r.group, &r.consumer, r.config.lease, want)
             .await?;
-        let filled = claimed.deliveries.len() >= want;
+        let fresh = claimed
+            .deliveries
+            .iter()
+            .filter(|d| !self.held.contains_key(&d.id))
+            .count();
+        let filled = fresh >= want;
         self.take_over(claimed).await;
         Ok(filled)
     }
