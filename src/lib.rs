@@ -103,6 +103,8 @@ mod fleet;
 pub mod health;
 mod liveness;
 mod name;
+#[cfg(any(feature = "redis", feature = "config"))]
+mod redact;
 mod registry;
 pub(crate) mod rt;
 pub mod service;

@@ -358,6 +358,14 @@ fn debug_hides_the_password() {
     let shown = format!("{config:?}");
     assert!(!shown.contains("s3cret"), "{shown}");
     assert!(shown.contains("redis://user:***@host:6379"), "{shown}");
+    for url in [
+        "redis://host/0?password=s3cret",
+        "redis+sentinel://s1:26379/m?sentinel_password=s3cret",
+    ] {
+        let config = Config::from_toml_str(&format!("[redis]\nurl = \"{url}\"")).unwrap();
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+    }
 }
 
 #[test]

@@ -572,3 +572,27 @@ async fn a_lost_registration_shows_as_a_heartbeat_failure_and_a_reregistration()
     stop.trigger();
     task.await.unwrap().unwrap();
 }
+
+/// The registry wrapper passes `list_with_expiry` through: without it the
+/// trait's default (`list`) drops Redis's TTLs, and a watch over a metered
+/// registry would report every expiry as a departure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metered_registry_keeps_expiry_on_redis() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let backend = RedisBackend::builder().url(server.url()).build().unwrap();
+    let registry = Metrics::default().registry(Arc::new(backend.registry()));
+    let api = ServiceName::new("api").unwrap();
+    let instance = Instance::new(api.clone(), InstanceId::new("a1").unwrap(), Status::Running);
+    registry
+        .register(&instance, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let listed = registry.list_with_expiry(Some(&api)).await.unwrap();
+    let left = listed[0].expires_in.expect("expires_in through the wrapper");
+    assert!(
+        left > Duration::from_secs(50) && left <= Duration::from_secs(60),
+        "{left:?}"
+    );
+}

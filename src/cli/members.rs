@@ -9,7 +9,7 @@ use fleetwire::{
     Instance, InstanceId, ServiceName,
 };
 use serde::Serialize;
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, io::Write, time::Duration};
 
 #[derive(Debug, Serialize)]
 pub(crate) struct Member {
@@ -233,13 +233,17 @@ pub(crate) async fn watch(ctx: &Ctx, service: Option<&str>, every: Duration) -> 
             if let Some(e) = &mut line.error {
                 *e = format!("Redis at {}: {e}", ctx.url);
             }
-            if ctx.json {
-                match serde_json::to_string(&line) {
-                    Ok(json) => println!("{json}"),
-                    Err(e) => return Err(Failure::Runtime(format!("encode JSON: {e}"))),
-                }
+            let text = if ctx.json {
+                serde_json::to_string(&line).map_err(|e| Failure::Runtime(format!("encode JSON: {e}")))?
             } else {
-                println!("{} {:<16} {}", clock_time(line.at_ms), line.event, line.text());
+                format!("{} {:<16} {}", clock_time(line.at_ms), line.event, line.text())
+            };
+            // `members --watch | head` closes the pipe: that ends the watch, quietly.
+            let mut out = std::io::stdout().lock();
+            match writeln!(out, "{text}").and_then(|()| out.flush()) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+                Err(e) => return Err(Failure::Runtime(format!("write to stdout: {e}"))),
             }
         }
     };

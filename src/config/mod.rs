@@ -184,7 +184,7 @@ impl Default for RedisConfig {
 impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisConfig")
-            .field("url", &redact(&self.url))
+            .field("url", &crate::redact::redact(&self.url))
             .field("namespace", &self.namespace)
             .field("pool_size", &self.pool_size)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
@@ -361,18 +361,4 @@ fn toml_error(text: &str, path: Option<String>, e: &toml::de::Error) -> Error {
         message.push_str(&format!(" (line {line})"));
     }
     Error::invalid(message)
-}
-
-/// `redis://user:secret@host` → `redis://user:***@host`.
-fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, rest)), Some(_)) => {
-            let (userinfo, host) = rest.rsplit_once('@').unwrap_or(("", rest));
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-                None => format!("{scheme}://{userinfo}@{host}"),
-            }
-        }
-        _ => url.to_owned(),
-    }
 }

@@ -83,6 +83,10 @@ impl RegistryStore for MeteredRegistry {
         self.m.track("list", self.inner.list(service).await)
     }
 
+    async fn list_with_expiry<'a>(&self, service: Option<&'a ServiceName>) -> Result<Vec<Instance>> {
+        self.m.track("list", self.inner.list_with_expiry(service).await)
+    }
+
     async fn ping(&self) -> Result<()> {
         self.m.track("registry_ping", self.inner.ping().await)
     }

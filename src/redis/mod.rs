@@ -297,6 +297,15 @@ impl RedisBackendBuilder {
     fn connect(&self, settings: connection::Settings, redacted_url: String) -> Result<Arc<Conn>> {
         #[cfg(feature = "redis-sentinel")]
         if let Some(target) = sentinel::Target::parse(&self.url)? {
+            // The Sentinel path opens plain TCP connections: refuse rather
+            // than send a password in the clear that the user asked to protect.
+            #[cfg(feature = "redis-tls")]
+            if self.tls.is_some() {
+                return Err(Error::new(
+                    crate::ErrorKind::Unsupported,
+                    format!("TLS settings with the Sentinel URL `{redacted_url}`: TLS through Sentinel is not supported yet"),
+                ));
+            }
             return sentinel::connect(target, settings, redacted_url);
         }
         #[cfg(not(feature = "redis-sentinel"))]
@@ -418,6 +427,21 @@ mod tls_off_tests {
             .expect_err("no TLS support compiled in");
         assert_eq!(err.kind(), crate::ErrorKind::InvalidInput);
         assert!(err.to_string().contains("`redis-tls` feature"), "{err}");
+        assert!(!err.to_string().contains("pw"), "{err}");
+    }
+}
+
+#[cfg(all(test, feature = "redis-tls", feature = "redis-sentinel"))]
+mod tls_sentinel_tests {
+    #[test]
+    fn tls_settings_with_a_sentinel_url_are_refused_not_ignored() {
+        let err = super::RedisBackend::builder()
+            .url("redis+sentinel://:pw@127.0.0.1:1/m")
+            .tls(super::RedisTls::new())
+            .build()
+            .expect_err("plain TCP would ignore the TLS settings");
+        assert_eq!(err.kind(), crate::ErrorKind::Unsupported);
+        assert!(err.to_string().contains("TLS through Sentinel"), "{err}");
         assert!(!err.to_string().contains("pw"), "{err}");
     }
 }

@@ -86,6 +86,16 @@ fn decode(url: &str, s: &str) -> Result<String> {
     String::from_utf8(out).map_err(|_| bad(url, "the user info is not UTF-8 once decoded"))
 }
 
+/// The bad-port message; with user info in the URL the token may be a piece
+/// of a password cut off at an unescaped `/` or `?`, so it is not echoed.
+fn not_a_port(url: &str, port: &str, host: &str) -> String {
+    if url.contains('@') {
+        "a Sentinel address has a port that is not a number (percent-encode any `/`, `?` or `@` in the password)".into()
+    } else {
+        format!("`{port}` is not a port (in `{host}`)")
+    }
+}
+
 impl Target {
     /// Parse `url`; `None` when it is not a Sentinel URL at all.
     pub(crate) fn parse(url: &str) -> Result<Option<Self>> {
@@ -130,7 +140,7 @@ impl Target {
                         .parse::<u16>()
                         .ok()
                         .filter(|p| *p != 0)
-                        .ok_or_else(|| bad(url, format!("`{p}` is not a port (in `{host}`)")))?;
+                        .ok_or_else(|| bad(url, not_a_port(url, p, host)))?;
                     (h, port)
                 }
                 _ => (host, 26379),
@@ -447,6 +457,8 @@ mod tests {
             ("redis+sentinel://a/m/x", "`x` is not a database number"),
             ("redis+sentinel://a/m/1/2", "too many path segments"),
             ("redis+sentinel://:s3cret@a/m?x=1", "unknown parameter `x`"),
+            // An unescaped `/` cuts the password; its first half is not echoed.
+            ("redis+sentinel://app:s3cret/tail@a/m", "percent-encode"),
         ] {
             let e = Target::parse(url).unwrap_err();
             assert_eq!(e.kind(), crate::ErrorKind::InvalidInput);
