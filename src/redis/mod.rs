@@ -21,14 +21,17 @@
 //! `PING` (every 250 ms by default) is answered. The bus does not consult
 //! this: its reads have their own waits.
 //!
-//! Only standalone Redis (or a primary) is supported, not Redis Cluster: the
-//! registry prunes its index with a script touching several keys.
+//! With the `redis-cluster` feature, a `redis+cluster://host:port,host:port`
+//! URL (seed nodes) runs the same backends on Redis Cluster, with a
+//! hash-tagged key layout (see the README's "Scaling out: Cluster").
 //!
 //! With the `redis-sentinel` feature, a `redis+sentinel://host:port,host:port/<master>`
 //! URL finds the primary through Redis Sentinel and follows it across a
 //! failover (see the README's "Scaling out: Sentinel").
 
 mod bus;
+#[cfg(feature = "redis-cluster")]
+mod cluster;
 mod connection;
 mod guard;
 mod keys;
@@ -272,6 +275,16 @@ impl RedisBackendBuilder {
         if let Some(prefix) = &self.liveness_key_prefix {
             keys = keys.with_liveness_prefix(prefix)?;
         }
+        #[cfg(feature = "redis-cluster")]
+        if self.url.starts_with(cluster::SCHEME) {
+            keys = keys.for_cluster()?;
+            if self.adopt_legacy_every.is_some() {
+                return Err(Error::new(
+                    crate::ErrorKind::Unsupported,
+                    "adopt_legacy_keys scans the keyspace, which a Redis Cluster spreads over its nodes: not supported on Cluster",
+                ));
+            }
+        }
         let settings = connection::Settings {
             pool_size: self.pool_size,
             connect_timeout: self.connect_timeout,
@@ -295,6 +308,17 @@ impl RedisBackendBuilder {
     /// The connection state for the URL: a Sentinel-followed primary for
     /// `redis+sentinel://`, else one server.
     fn connect(&self, settings: connection::Settings, redacted_url: String) -> Result<Arc<Conn>> {
+        #[cfg(feature = "redis-cluster")]
+        if let Some(target) = cluster::Target::parse(&self.url)? {
+            return cluster::connect(target, settings, redacted_url);
+        }
+        #[cfg(not(feature = "redis-cluster"))]
+        if self.url.starts_with("redis+cluster://") {
+            return Err(Error::new(
+                crate::ErrorKind::Unsupported,
+                format!("Cluster URL `{redacted_url}` needs fleetwire's `redis-cluster` feature"),
+            ));
+        }
         #[cfg(feature = "redis-sentinel")]
         if let Some(target) = sentinel::Target::parse(&self.url)? {
             return sentinel::connect(target, settings, redacted_url);
