@@ -1,7 +1,8 @@
 //! A Redis Cluster of 3 primaries and 3 replicas (`redis-server
 //! --cluster-enabled yes`, then `redis-cli --cluster create ...
 //! --cluster-replicas 1`), on free ports in temp dirs, killed on drop.
-//! [`Cluster::start`] returns once every node reports `cluster_state:ok`.
+//! [`Cluster::start`] returns once every node reports `cluster_state:ok`
+//! and every replica's link to its primary is up.
 
 use super::{sentinel::raw, RedisServer};
 use std::{
@@ -27,6 +28,13 @@ impl Cluster {
                     "nodes.conf",
                     "--cluster-node-timeout",
                     "1000",
+                    // A replica may take over however long ago it last heard
+                    // from its primary (the default refuses after ~10 node timeouts).
+                    "--cluster-replica-validity-factor",
+                    "0",
+                    // Replicas sync at once instead of after 5 s.
+                    "--repl-diskless-sync-delay",
+                    "0",
                 ])
             })
             .collect::<Option<Vec<_>>>()?;
@@ -66,7 +74,7 @@ impl Cluster {
     }
 
     /// Wait until every running node says `cluster_state:ok` and knows
-    /// all 16384 slots.
+    /// all 16384 slots, and every replica is in sync with its primary.
     pub fn wait_ok(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
