@@ -11,8 +11,8 @@ use fleetwire::{
     redis::RedisBackend,
     service::{Context, Lifecycle, Service, Shutdown},
     testkit::{self, RealTime},
-    ConsumerName, Envelope, ErrorKind, EventBus, GroupName, Instance, InstanceId, LivenessStore,
-    RegistryStore, ServiceName, Status, StreamName, Topic, TopicPattern,
+    ConsumerName, Envelope, ErrorKind, EventBus, GroupName, Instance, InstanceId, LivenessStore, ReadOptions,
+    RegistryStore, ServiceName, StartFrom, Status, StreamName, Topic, TopicPattern,
 };
 use futures_util::StreamExt;
 use parking_lot::Mutex;
@@ -93,6 +93,57 @@ async fn conformance_on_tokio() {
     key_layout(&cluster, &redis).await;
     topics(&redis).await;
     alive_batch_over_all_slots(&cluster, &redis).await;
+    dead_letter_across_slots(&redis).await;
+    acknowledged_publish(&cluster).await;
+}
+
+/// A dead-letter stream in another slot than its source: the record is
+/// written and the entry acked, in two steps.
+async fn dead_letter_across_slots(redis: &RedisBackend) {
+    let bus = redis.bus();
+    let (stream, dlq) = (
+        StreamName::new("orders-x").unwrap(),
+        StreamName::new("orders-x:dlq").unwrap(),
+    );
+    let (group, consumer) = (GroupName::new("g").unwrap(), ConsumerName::new("c").unwrap());
+    bus.ensure_group(&stream, &group, StartFrom::Beginning)
+        .await
+        .unwrap();
+    bus.publish(&stream, &Envelope::new("poison")).await.unwrap();
+    let got = bus
+        .read(&stream, &group, &consumer, ReadOptions::count(1))
+        .await
+        .unwrap();
+    let id = got[0].id;
+    let dead = bus
+        .dead_letter(&stream, &group, id, &dlq, b"record", 100)
+        .await
+        .unwrap();
+    assert!(dead.is_some(), "dead-lettered");
+    assert_eq!(bus.pending(&stream, &group).await.unwrap().count, 0, "acked");
+    assert_eq!(bus.stream_info(&dlq).await.unwrap().length, 1);
+    // Not pending any more: nothing happens, no second record.
+    let again = bus
+        .dead_letter(&stream, &group, id, &dlq, b"record", 100)
+        .await
+        .unwrap();
+    assert_eq!(again, None);
+    assert_eq!(bus.stream_info(&dlq).await.unwrap().length, 1);
+}
+
+/// `publish_replicas` on Cluster: the `WAIT` runs on the stream's primary.
+async fn acknowledged_publish(cluster: &Cluster) {
+    let redis = RedisBackend::builder()
+        .url(cluster.url())
+        .publish_replicas(1, Duration::from_secs(2))
+        .build()
+        .expect("backend");
+    let stream = StreamName::new("acked").unwrap();
+    redis
+        .bus()
+        .publish(&stream, &Envelope::new("x"))
+        .await
+        .expect("acknowledged by the replica");
 }
 
 /// The registry's keys of one service share a slot; the set of services is

@@ -133,7 +133,10 @@ impl Default for RedisBackendBuilder {
 
 impl RedisBackendBuilder {
     /// Server URL (default `redis://127.0.0.1:6379`); `redis://:password@host`
-    /// and, with the `redis-tls` feature, `rediss://` work.
+    /// and, with the `redis-tls` feature, `rediss://` work. With the
+    /// `redis-cluster` feature, `redis+cluster://host:port,host:port,...`
+    /// (seed nodes) selects Redis Cluster; with `redis-sentinel`,
+    /// `redis+sentinel://...` selects Sentinel.
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = url.into();
         self
