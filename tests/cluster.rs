@@ -246,6 +246,77 @@ async fn alive_batch_over_all_slots(cluster: &Cluster, redis: &RedisBackend) {
     println!("is_alive_batch of 10,000 ids over all slots: {took:?}, {mgets} MGETs over the primaries");
 }
 
+/// Publish on `topic` every 200 ms until `sub` yields an event; how long it took.
+async fn received(
+    bus: &fleetwire::redis::RedisBus,
+    topic: &Topic,
+    sub: &mut fleetwire::Subscription,
+    why: &str,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no event within 20 s {why}"
+        );
+        let _ = bus.publish_topic(topic, &Envelope::new("system.health")).await;
+        if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
+            assert_eq!(&ev.topic, topic);
+            return started.elapsed();
+        }
+    }
+}
+
+/// A subscription whose node dies resubscribes on another seed node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_survive_the_loss_of_the_subscribed_node() {
+    let Some(mut cluster) = Cluster::start() else {
+        return;
+    };
+    let redis = RedisBackend::builder()
+        .url(cluster.url())
+        .response_timeout(Duration::from_millis(500))
+        .connect_timeout(Duration::from_millis(500))
+        .build()
+        .expect("backend");
+    let bus = redis.bus();
+    let mut sub = bus
+        .subscribe(&TopicPattern::new("system.*.health").unwrap())
+        .await
+        .expect("subscribe");
+    let topic = Topic::new("system.api.health").unwrap();
+    received(&bus, &topic, &mut sub, "at first").await;
+    // Events of the first round still on their way are not counted below.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    while let Some(Some(_)) = futures_util::FutureExt::now_or_never(sub.next()) {}
+    // The subscription is on the first seed node.
+    let pubsub = |port| {
+        raw(port, &["CLIENT", "LIST", "TYPE", "pubsub"])
+            .unwrap_or_default()
+            .matches("id=")
+            .count()
+    };
+    assert_eq!(pubsub(cluster.nodes[0].port), 1, "subscribed on the first seed");
+    let slot0 = cluster.primary_of("{06S}").map(|i| cluster.nodes[i].port);
+    assert!(cluster.nodes[0].kill9());
+    let after = received(&bus, &topic, &mut sub, "after its node was killed").await;
+    let now_on: Vec<usize> = cluster.nodes[1..].iter().map(|n| pubsub(n.port)).collect();
+    assert_eq!(
+        now_on.iter().sum::<usize>(),
+        1,
+        "resubscribed on another node: {now_on:?}"
+    );
+    println!(
+        "topic events flow again {after:?} after the subscribed node was killed \
+         (it {} the primary publishes go to)",
+        if slot0 == Some(cluster.nodes[0].port) {
+            "was"
+        } else {
+            "was not"
+        }
+    );
+}
+
 #[tokio::test]
 async fn malformed_cluster_urls_are_rejected_naming_the_problem() {
     for (url, says) in [

@@ -12,9 +12,10 @@
 //! - Blocking reads (`XREADGROUP ... BLOCK`, a publish's `WAIT`) use cluster
 //!   connections of their own, with a response timeout of the block plus the
 //!   backend's response timeout, so they never stall other traffic.
-//! - Topics: a classic `PUBLISH` reaches every node of a cluster, so
-//!   subscriptions are made on the first seed node, and every publish goes to
-//!   the primary of slot 0 (one node, so a publisher's events keep their order).
+//! - Topics: a classic `PUBLISH` reaches every node of a cluster, so a
+//!   subscription is made on one seed node (the first, then the next in turn
+//!   each time it has to resubscribe), and every publish goes to the primary
+//!   of slot 0 (one node, so a publisher's events keep their order).
 //!
 //! The key layout on Cluster is described in [`super::keys`].
 
@@ -32,7 +33,14 @@ use redis::{
     cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr},
     Cmd, Pipeline, RedisError, RedisFuture, Value,
 };
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 /// The URL scheme that selects Cluster.
 pub(crate) const SCHEME: &str = "redis+cluster://";
@@ -134,7 +142,13 @@ pub(crate) fn connect(target: Target, settings: Settings, redacted_url: String) 
         .retries(1)
         .build()
         .map_err(|e| map_err(e, what()))?;
-    let pubsub = redis::Client::open(target.nodes[0].as_str()).map_err(|e| map_err(e, what()))?;
+    let seeds = target
+        .nodes
+        .iter()
+        .map(|n| redis::Client::open(n.as_str()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| map_err(e, what()))?;
+    let pubsub = seeds[0].clone();
     let config = ClusterConfig::new()
         .set_connection_timeout(settings.connect_timeout)
         .set_response_timeout(settings.response_timeout);
@@ -145,6 +159,8 @@ pub(crate) fn connect(target: Target, settings: Settings, redacted_url: String) 
             client: Box::new(blocking),
             idle: Mutex::new(Vec::new()),
             max_idle: settings.pool_size.max(1) as usize,
+            seeds,
+            next_seed: AtomicUsize::new(0),
         }),
     };
     Ok(Conn::new(endpoint, settings, redacted_url))
@@ -293,9 +309,18 @@ pub(crate) struct BlockingCluster {
     client: Box<ClusterClient>,
     idle: Mutex<Vec<ClusterConnection>>,
     max_idle: usize,
+    /// One client per seed node, for pub/sub, taken in turn.
+    seeds: Vec<redis::Client>,
+    next_seed: AtomicUsize,
 }
 
 impl BlockingCluster {
+    /// The next seed node's client, in turn (the first one first).
+    pub(crate) fn next_seed(&self) -> Option<redis::Client> {
+        let n = self.next_seed.fetch_add(1, Ordering::Relaxed);
+        self.seeds.get(n % self.seeds.len().max(1)).cloned()
+    }
+
     /// Run `pipe` on a connection of its own, waiting up to `wait`; `None`
     /// when `slot` was cancelled first. A read abandoned by its caller is
     /// not unblocked early (a `CLIENT ID` names one node's connection

@@ -406,6 +406,19 @@ impl Endpoint {
     }
 }
 
+impl Endpoint {
+    /// The client a new pub/sub connection uses: the server's, or on
+    /// Cluster the next seed node in turn, so a subscription that lost its
+    /// node resubscribes on another.
+    pub(crate) fn pubsub_client(&self) -> redis::Client {
+        #[cfg(feature = "redis-cluster")]
+        if let Blocking::Cluster(c) = &self.blocking {
+            return c.next_seed().unwrap_or_else(|| self.client.clone());
+        }
+        self.client.clone()
+    }
+}
+
 /// The shared connection state of one backend.
 pub(crate) struct Conn {
     /// Swapped only by a Sentinel follower; a load is a few atomic operations

@@ -48,6 +48,7 @@ impl Keys {
 
     /// The hash-tagged Cluster layout; the namespace and liveness prefix
     /// must hold no `{` or `}`.
+    #[cfg(feature = "redis-cluster")]
     pub(crate) fn for_cluster(mut self) -> Result<Self> {
         for (what, s) in [
             ("namespace", &self.ns),
