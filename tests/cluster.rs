@@ -95,6 +95,25 @@ async fn conformance_on_tokio() {
     alive_batch_over_all_slots(&cluster, &redis).await;
     dead_letter_across_slots(&redis).await;
     acknowledged_publish(&cluster).await;
+    from_env(&cluster).await;
+}
+
+/// `SG_REDIS_URL` picks the Cluster at run time.
+async fn from_env(cluster: &Cluster) {
+    // No other test in this binary reads the environment's Redis URL.
+    std::env::set_var("SG_REDIS_URL", cluster.url());
+    let redis = RedisBackend::from_env().expect("backend");
+    redis.ping().await.unwrap();
+    redis
+        .bus()
+        .publish(&StreamName::new("env").unwrap(), &Envelope::new("x"))
+        .await
+        .unwrap();
+    let owner = cluster.primary_of("env").expect("an owner");
+    assert_eq!(
+        raw(cluster.nodes[owner].port, &["XLEN", "env"]).unwrap().trim(),
+        ":1"
+    );
 }
 
 /// A dead-letter stream in another slot than its source: the record is
