@@ -6,9 +6,10 @@
 //!
 //! - Ordinary commands share one redis-rs cluster connection (one
 //!   multiplexed connection per node). A pipeline whose commands fall in
-//!   several slots is split by slot and the parts run concurrently, each part
-//!   on its node: the registry's listing and `is_alive_batch` take one round
-//!   trip per slot involved, all in flight at once.
+//!   several slots, or an `MGET` over several slots, is split by slot and
+//!   sent as one pipeline per primary (from a `CLUSTER SLOTS` map), all at
+//!   once: the registry's listing and `is_alive_batch` take one round trip
+//!   per primary.
 //! - Blocking reads (`XREADGROUP ... BLOCK`, a publish's `WAIT`) use cluster
 //!   connections of their own, with a response timeout of the block plus the
 //!   backend's response timeout, so they never stall other traffic.
@@ -30,7 +31,7 @@ use redis::{
     aio::ConnectionLike,
     cluster::{ClusterClient, ClusterConfig},
     cluster_async::ClusterConnection,
-    cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr},
+    cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr},
     Cmd, Pipeline, RedisError, RedisFuture, Value,
 };
 use std::{
@@ -154,7 +155,9 @@ pub(crate) fn connect(target: Target, settings: Settings, redacted_url: String) 
         .set_response_timeout(settings.response_timeout);
     let endpoint = Endpoint {
         client: pubsub,
-        manager: Shared::Cluster(Routed(shared.get_pending_async_connection_with_config(config))),
+        manager: Shared::Cluster(Routed::new(
+            shared.get_pending_async_connection_with_config(config),
+        )),
         blocking: Blocking::Cluster(BlockingCluster {
             client: Box::new(blocking),
             idle: Mutex::new(Vec::new()),
@@ -166,15 +169,215 @@ pub(crate) fn connect(target: Target, settings: Settings, redacted_url: String) 
     Ok(Conn::new(endpoint, settings, redacted_url))
 }
 
-/// A cluster connection whose pipelines may span slots.
+/// A cluster connection whose pipelines may span slots: split by slot and
+/// sent as one pipeline per primary, all at once.
 #[derive(Clone)]
-pub(crate) struct Routed(ClusterConnection);
+pub(crate) struct Routed {
+    conn: ClusterConnection,
+    /// Which primary serves each slot, from `CLUSTER SLOTS`; dropped when a
+    /// reply says the map moved, asked again on the next split pipeline.
+    owners: Arc<Mutex<Option<Arc<Owners>>>>,
+}
+
+impl Routed {
+    fn new(conn: ClusterConnection) -> Self {
+        Self {
+            conn,
+            owners: Arc::default(),
+        }
+    }
+
+    /// The slot map, asked for when not known.
+    async fn owners(&self) -> Option<Arc<Owners>> {
+        if let Some(o) = self.owners.lock().clone() {
+            return Some(o);
+        }
+        let mut c = self.conn.clone();
+        let reply: Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut c)
+            .await
+            .ok()?;
+        let owners = Arc::new(Owners::parse(&reply)?);
+        *self.owners.lock() = Some(owners.clone());
+        Some(owners)
+    }
+
+    /// Run one group: as one pipeline on its primary; when a reply says the
+    /// slot map moved (or the node failed), forget the map and run the
+    /// group's commands slot by slot, which redis-rs redirects itself.
+    async fn run_group(&self, group: Vec<Unit>) -> redis::RedisResult<Vec<(Unit, Value)>> {
+        let mut c = self.conn.clone();
+        let mut sub = redis::pipe();
+        for u in &group {
+            sub.add_command(u.cmd.clone());
+        }
+        let n = group.len();
+        let route = SingleNodeRoutingInfo::SpecificNode(Route::new(group[0].slot, SlotAddr::Master));
+        let first = c.route_pipeline(sub, 0, n, route).await;
+        let moved = |v: &Value| matches!(v, Value::ServerError(e) if matches!(e.code(), "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN"));
+        match first {
+            Ok(values) if values.len() == n && !values.iter().any(moved) => {
+                return Ok(group.into_iter().zip(values).collect());
+            }
+            _ => *self.owners.lock() = None,
+        }
+        let mut by_slot: HashMap<u16, Vec<Unit>> = HashMap::new();
+        for u in group {
+            by_slot.entry(u.slot).or_default().push(u);
+        }
+        let runs = by_slot.into_values().map(|units| {
+            let mut c = self.conn.clone();
+            async move {
+                let mut sub = redis::pipe();
+                for u in &units {
+                    sub.add_command(u.cmd.clone());
+                }
+                let n = units.len();
+                c.req_packed_commands(&sub, 0, n)
+                    .await
+                    .map(|values| units.into_iter().zip(values).collect::<Vec<_>>())
+            }
+        });
+        Ok(try_join_all(runs).await?.into_iter().flatten().collect())
+    }
+}
+
+/// The hash slot of `key` (CRC16/XMODEM of its hash tag, or of the whole
+/// key, modulo 16384), as Redis Cluster computes it.
+pub(crate) fn slot_of(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|b| *b == b'{')
+        .and_then(|open| {
+            let close = key[open + 1..].iter().position(|b| *b == b'}')?;
+            Some(&key[open + 1..open + 1 + close])
+        })
+        .filter(|tag| !tag.is_empty())
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for byte in hashed {
+        crc ^= u16::from(*byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// Which primary serves each slot.
+#[derive(Debug)]
+struct Owners {
+    /// Primary (index) per slot number; `None` when unassigned.
+    node_of: Vec<Option<u16>>,
+}
+
+impl Owners {
+    /// From a `CLUSTER SLOTS` reply: `[[start, end, [host, port, ..], ..], ..]`.
+    fn parse(reply: &Value) -> Option<Self> {
+        let Value::Array(ranges) = reply else {
+            return None;
+        };
+        let mut node_of = vec![None; 16384];
+        let mut nodes: Vec<(Vec<u8>, i64)> = Vec::new();
+        for range in ranges {
+            let Value::Array(r) = range else {
+                return None;
+            };
+            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(primary))) =
+                (r.first(), r.get(1), r.get(2))
+            else {
+                return None;
+            };
+            let host = match primary.first()? {
+                Value::BulkString(h) => h.clone(),
+                Value::SimpleString(h) => h.clone().into_bytes(),
+                _ => return None,
+            };
+            let Some(Value::Int(port)) = primary.get(1) else {
+                return None;
+            };
+            let node = match nodes.iter().position(|n| n.0 == host && n.1 == *port) {
+                Some(i) => i,
+                None => {
+                    nodes.push((host, *port));
+                    nodes.len() - 1
+                }
+            };
+            for slot in (*start).max(0)..=(*end).min(16383) {
+                node_of[slot as usize] = Some(node as u16);
+            }
+        }
+        Some(Self { node_of })
+    }
+}
+
+/// One single-slot command of a split pipeline, and where its reply goes.
+struct Unit {
+    cmd: Cmd,
+    slot: u16,
+    dest: Dest,
+}
+
+enum Dest {
+    /// The reply of the pipeline's command `i`.
+    Whole(usize),
+    /// Part of the reply of the `MGET` at `i`: the values at these positions.
+    Part(usize, Vec<usize>),
+}
+
+/// A multi-slot `MGET` as one `MGET` per slot, with the positions of its keys.
+fn split_mget(cmd: &Cmd) -> Option<Vec<(u16, Vec<usize>, Cmd)>> {
+    let mut args = cmd.args_iter().filter_map(|a| match a {
+        redis::Arg::Simple(b) => Some(b),
+        _ => None,
+    });
+    if !args.next()?.eq_ignore_ascii_case(b"MGET") {
+        return None;
+    }
+    let mut pieces: Vec<(u16, Vec<usize>, Cmd)> = Vec::new();
+    let mut at: HashMap<u16, usize> = HashMap::new();
+    for (pos, key) in args.enumerate() {
+        let slot = slot_of(key);
+        let i = *at.entry(slot).or_insert_with(|| {
+            pieces.push((slot, Vec::new(), redis::cmd("MGET")));
+            pieces.len() - 1
+        });
+        pieces[i].1.push(pos);
+        pieces[i].2.arg(key);
+    }
+    (!pieces.is_empty()).then_some(pieces)
+}
+
+/// Units grouped by the primary serving their slot (by slot when the map
+/// is unknown), in order within each group.
+fn group_units(units: Vec<Unit>, owners: Option<&Owners>) -> Vec<Vec<Unit>> {
+    let mut groups: Vec<Vec<Unit>> = Vec::new();
+    let mut index: HashMap<(Option<u16>, Option<u16>), usize> = HashMap::new();
+    for u in units {
+        let n = u.slot;
+        let key = match owners.and_then(|o| o.node_of[n as usize]) {
+            Some(node) => (Some(node), None),
+            None => (None, Some(n)),
+        };
+        let g = *index.entry(key).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(u);
+    }
+    groups
+}
 
 /// Where a command of a pipeline goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Part {
     /// With the other commands of this slot, in one sub-pipeline.
-    Slot(Slot),
+    Slot(u16),
     /// On its own (keys in several slots, or no key): redis-rs routes it.
     Alone,
 }
@@ -215,7 +418,7 @@ fn keys_of(cmd: &Cmd) -> Vec<&[u8]> {
 }
 
 fn part_of(cmd: &Cmd) -> Part {
-    let mut slots = keys_of(cmd).into_iter().map(Slot::for_key);
+    let mut slots = keys_of(cmd).into_iter().map(slot_of);
     match slots.next() {
         Some(first) if slots.all(|s| s == first) => Part::Slot(first),
         _ => Part::Alone,
@@ -236,10 +439,22 @@ impl ConnectionLike for Routed {
                 0,
                 SlotAddr::Master,
             )));
-            let mut conn = self.0.clone();
+            let mut conn = self.conn.clone();
             return Box::pin(async move { conn.route_command(cmd.clone(), route).await });
         }
-        self.0.req_packed_command(cmd)
+        let multi_slot_mget =
+            matches!(part_of(cmd), Part::Alone) && split_mget(cmd).is_some_and(|p| p.len() > 1);
+        if multi_slot_mget {
+            // One MGET per slot, sent as one pipeline per primary.
+            let mut this = self.clone();
+            return Box::pin(async move {
+                let mut pipe = redis::pipe();
+                pipe.add_command(cmd.clone());
+                let mut replies = this.req_packed_commands(&pipe, 0, 1).await?;
+                Ok(replies.pop().unwrap_or(Value::Nil))
+            });
+        }
+        self.conn.req_packed_command(cmd)
     }
 
     fn req_packed_commands<'a>(
@@ -254,46 +469,72 @@ impl ConnectionLike for Routed {
                 .first()
                 .is_some_and(|p| *p != Part::Alone && parts.iter().all(|q| q == p));
         if single || pipe.is_transaction() || offset != 0 || count != pipe.len() {
-            return self.0.req_packed_commands(pipe, offset, count);
+            return self.conn.req_packed_commands(pipe, offset, count);
         }
-        // Commands grouped by slot, in order within each group.
-        let mut groups: Vec<(Vec<usize>, Pipeline)> = Vec::new();
+        // Single-slot commands, a multi-slot MGET cut into one MGET per slot.
+        let mut units: Vec<Unit> = Vec::new();
         let mut alone: Vec<usize> = Vec::new();
-        let mut by_slot: HashMap<Slot, usize> = HashMap::new();
+        let mut mget_len: HashMap<usize, usize> = HashMap::new();
         for (i, (cmd, part)) in pipe.cmd_iter().zip(&parts).enumerate() {
             match part {
-                Part::Alone => alone.push(i),
-                Part::Slot(s) => {
-                    let g = *by_slot.entry(*s).or_insert_with(|| {
-                        groups.push((Vec::new(), redis::pipe()));
-                        groups.len() - 1
-                    });
-                    groups[g].0.push(i);
-                    groups[g].1.add_command(cmd.clone());
-                }
+                Part::Slot(slot) => units.push(Unit {
+                    cmd: cmd.clone(),
+                    slot: *slot,
+                    dest: Dest::Whole(i),
+                }),
+                Part::Alone => match split_mget(cmd) {
+                    Some(pieces) => {
+                        mget_len.insert(i, pieces.iter().map(|(_, at, _)| at.len()).sum());
+                        for (slot, at, cmd) in pieces {
+                            units.push(Unit {
+                                cmd,
+                                slot,
+                                dest: Dest::Part(i, at),
+                            });
+                        }
+                    }
+                    None => alone.push(i),
+                },
             }
         }
         let cmds: Vec<&Cmd> = pipe.cmd_iter().collect();
-        let conn = self.0.clone();
+        let this = self.clone();
         Box::pin(async move {
-            let piped = groups.into_iter().map(|(at, sub)| {
-                let mut c = conn.clone();
-                async move {
-                    let n = sub.len();
-                    c.req_packed_commands(&sub, 0, n).await.map(|v| (at, v))
-                }
-            });
+            let owners = this.owners().await;
+            let groups = group_units(units, owners.as_deref());
+            let piped = groups.into_iter().map(|group| this.run_group(group));
             let single = alone.into_iter().map(|i| {
-                let mut c = conn.clone();
+                let mut c = this.conn.clone();
                 let cmd = cmds[i];
-                async move { c.req_packed_command(cmd).await.map(|v| (vec![i], vec![v])) }
+                async move { c.req_packed_command(cmd).await.map(|v| (i, v)) }
             });
             let (piped, single) = futures_util::future::join(try_join_all(piped), try_join_all(single)).await;
             let mut out = vec![Value::Nil; count];
-            for (at, values) in piped?.into_iter().chain(single?) {
-                for (i, v) in at.into_iter().zip(values) {
-                    out[i] = v;
+            let mut parts: HashMap<usize, Vec<Value>> = HashMap::new();
+            for (unit, value) in piped?.into_iter().flatten() {
+                match unit.dest {
+                    Dest::Whole(i) => out[i] = value,
+                    Dest::Part(i, at) => {
+                        let whole = parts.entry(i).or_insert_with(|| vec![Value::Nil; mget_len[&i]]);
+                        match value {
+                            Value::Array(items) => {
+                                for (pos, item) in at.into_iter().zip(items) {
+                                    whole[pos] = item;
+                                }
+                            }
+                            // An error reply stands for the whole MGET.
+                            other => out[i] = other,
+                        }
+                    }
                 }
+            }
+            for (i, whole) in parts {
+                if matches!(out[i], Value::Nil) {
+                    out[i] = Value::Array(whole);
+                }
+            }
+            for (i, v) in single? {
+                out[i] = v;
             }
             Ok(out)
         })
@@ -358,7 +599,7 @@ impl BlockingCluster {
 
 #[cfg(test)]
 mod tests {
-    use super::{part_of, Part, Target};
+    use super::{part_of, slot_of, Part, Target};
     use redis::cluster_routing::Slot;
 
     #[test]
@@ -392,8 +633,29 @@ mod tests {
     }
 
     #[test]
+    fn slots_as_redis_computes_them() {
+        assert_eq!(slot_of(b"06S"), 0);
+        assert_eq!(slot_of(b"foo"), 12182);
+        assert_eq!(slot_of(b"x{foo}y"), 12182);
+        for key in [
+            "orders",
+            "{shop}orders",
+            "a{b",
+            "a{}b",
+            "}{x}",
+            "sg:registry:index:{gateway}",
+        ] {
+            assert_eq!(
+                Slot::for_key(key),
+                Slot::new(slot_of(key.as_bytes())).unwrap(),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
     fn pipelines_are_split_by_the_slot_of_each_command() {
-        let slot = Slot::for_key("{a}");
+        let slot = slot_of(b"{a}");
         let mut get = redis::cmd("GET");
         get.arg("x:{a}:1");
         assert_eq!(part_of(&get), Part::Slot(slot));
