@@ -448,3 +448,17 @@ mod tls_off_tests {
         assert!(!err.to_string().contains("pw"), "{err}");
     }
 }
+
+#[cfg(all(test, not(feature = "redis-cluster")))]
+mod cluster_off_tests {
+    #[test]
+    fn cluster_url_without_the_feature_names_it() {
+        let err = super::RedisBackend::builder()
+            .url("redis+cluster://:pw@a:1,b:2")
+            .build()
+            .expect_err("no Cluster support compiled in");
+        assert_eq!(err.kind(), crate::ErrorKind::Unsupported);
+        assert!(err.to_string().contains("`redis-cluster` feature"), "{err}");
+        assert!(!err.to_string().contains("pw@"), "{err}");
+    }
+}
