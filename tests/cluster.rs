@@ -1,7 +1,7 @@
 //! Redis Cluster: the conformance suites over a `redis+cluster://` backend
-//! (3 primaries + 3 replicas started by the test), the hash-tagged key
-//! layout, topics, and failover under a publish + consume load with the
-//! consumer runner.
+//! (3 primaries + 3 replicas started by the test; on Tokio, and on smol and
+//! async-std with their features), the hash-tagged key layout, topics, and
+//! failover under a publish + consume load with the consumer runner.
 #![cfg(all(feature = "redis-cluster", feature = "testkit", feature = "rt-tokio"))]
 
 mod support;
@@ -55,6 +55,43 @@ async fn conformance_on_tokio() {
         return;
     };
     let redis = backend(&cluster);
+    all_suites(&cluster, &redis).await;
+    key_layout(&cluster, &redis).await;
+    topics(&redis).await;
+    alive_batch_over_all_slots(&cluster, &redis).await;
+    dead_letter_across_slots(&redis).await;
+    acknowledged_publish(&cluster).await;
+    from_env(&cluster).await;
+}
+
+/// The conformance suites on smol (redis-rs's cluster client runs on any
+/// executor through async-io).
+#[cfg(feature = "rt-smol")]
+#[test]
+fn conformance_on_smol() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    smol::block_on(async {
+        let redis = backend(&cluster);
+        all_suites(&cluster, &redis).await;
+    });
+}
+
+/// The conformance suites on async-std.
+#[cfg(feature = "rt-async-std")]
+#[test]
+fn conformance_on_async_std() {
+    let Some(cluster) = Cluster::start() else {
+        return;
+    };
+    async_std::task::block_on(async {
+        let redis = backend(&cluster);
+        all_suites(&cluster, &redis).await;
+    });
+}
+
+async fn all_suites(cluster: &Cluster, redis: &RedisBackend) {
     let reports = [
         (
             "registry",
@@ -90,12 +127,6 @@ async fn conformance_on_tokio() {
         println!("{name} on Cluster:\n{r}");
         r.assert_all_passed();
     }
-    key_layout(&cluster, &redis).await;
-    topics(&redis).await;
-    alive_batch_over_all_slots(&cluster, &redis).await;
-    dead_letter_across_slots(&redis).await;
-    acknowledged_publish(&cluster).await;
-    from_env(&cluster).await;
 }
 
 /// `SG_REDIS_URL` picks the Cluster at run time.
