@@ -421,17 +421,34 @@ const HEARTBEAT: Duration = Duration::from_millis(500);
 /// Publish 5,000 messages (counting those that returned `Ok`) while a
 /// runner consumes them and a lifecycle keeps an instance registered;
 /// `kill -9` the primary owning the stream's slot after 1,500.
+/// The killed node is restarted once its replica took over, and rejoins
+/// as that one's replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_under_load() {
+    failover(false).await;
+}
+
+/// As [`failover_under_load`], every publish waiting for one replica
+/// (`publish_replicas`): none that returned `Ok` may be lost. After the
+/// failover the new primary has no replica until the killed node is back,
+/// so publishes fail `NotReplicated` meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_under_load_with_replica_acknowledgement() {
+    failover(true).await;
+}
+
+async fn failover(durable: bool) {
     let Some(mut cluster) = Cluster::start() else {
         return;
     };
-    let redis = RedisBackend::builder()
+    let mut b = RedisBackend::builder()
         .url(cluster.url())
         .response_timeout(Duration::from_millis(500))
-        .connect_timeout(Duration::from_millis(500))
-        .build()
-        .expect("backend");
+        .connect_timeout(Duration::from_millis(500));
+    if durable {
+        b = b.publish_replicas(1, Duration::from_millis(500));
+    }
+    let redis = b.build().expect("backend");
     let bus: Arc<dyn EventBus> = Arc::new(redis.bus());
     // Hash-tagged with the service's name: the stream and the registry
     // entries of `billing` live on the same primary, the one killed.
@@ -520,6 +537,7 @@ async fn failover_under_load() {
     let (mut last_ok_before, mut first_ok_after) = (None::<Instant>, None::<Instant>);
     let mut killed = false;
     let mut killed_at = Instant::now();
+    let mut restarted = false;
     let mut watcher = None;
     let mut seq = 0u64;
     let started = Instant::now();
@@ -552,6 +570,12 @@ async fn failover_under_load() {
                 }
                 Instant::now()
             }));
+        }
+        if killed && !restarted && seq.is_multiple_of(20) && cluster.primary_of(stream.as_str()).is_some() {
+            // A replica took over: the old primary comes back (a supervisor
+            // restarting it) and rejoins as its replica.
+            cluster.nodes[victim].restart();
+            restarted = true;
         }
         seq += 1;
         let envelope = Envelope::new(seq.to_string());
@@ -620,9 +644,10 @@ async fn failover_under_load() {
     let _ = consuming.await;
     let _ = living.await;
     println!(
-        "cluster failover (no WAIT): {} publishes Ok, {failed} failed, outage {outage:?} (last Ok before the kill \
+        "cluster failover ({}): {} publishes Ok, {failed} failed, outage {outage:?} (last Ok before the kill \
          to first Ok after), {lost} Ok publishes never consumed, instance listed again {:?} after the kill \
          ({reregistered_after:?} after the first Ok publish)",
+        if durable { "publish_replicas(1, 500ms)" } else { "no WAIT" },
         ok.len(),
         listed_at - killed_at,
     );
@@ -633,7 +658,11 @@ async fn failover_under_load() {
         reregistered_after <= HEARTBEAT + Duration::from_millis(600),
         "listed again {reregistered_after:?} after the first Ok publish"
     );
-    // Without WAIT, only what the replica had not received when the primary
-    // died may be lost: a few milliseconds of publishes.
-    assert!(lost <= 500, "{lost} lost");
+    if durable {
+        assert_eq!(lost, 0, "acknowledged publishes lost: {missing:?}");
+    } else {
+        // Without WAIT, only what the replica had not received when the
+        // primary died may be lost: a few milliseconds of publishes.
+        assert!(lost <= 500, "{lost} lost");
+    }
 }
