@@ -51,6 +51,10 @@
     feature = "redis-sentinel",
     doc = "- `redis-sentinel`: `redis+sentinel://` URLs; connections follow a failover."
 )]
+#![cfg_attr(
+    feature = "redis-cluster",
+    doc = "- `redis-cluster`: `redis+cluster://` seed-node URLs; a hash-tagged key layout on Redis Cluster."
+)]
 #![cfg_attr(feature = "http", doc = "- [`http`]: the health server over hyper.")]
 #![cfg_attr(
     feature = "metrics",

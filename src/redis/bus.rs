@@ -482,6 +482,78 @@ impl RedisBus {
     }
 
     /// Feed the backlog guard the `XLEN` and `XINFO GROUPS` replies of a sample.
+    /// Dead-lettering on Cluster when the dead-letter stream is in another
+    /// slot than `stream`, so no script can touch both: append the record,
+    /// then ack the entry if it is still pending (one script on `stream`'s
+    /// slot), else delete the record again. Not atomic: a crash between the
+    /// two steps leaves the entry pending with its record already written,
+    /// so it may be dead-lettered twice.
+    #[cfg(feature = "redis-cluster")]
+    async fn dead_letter_across_slots(
+        &self,
+        stream: &StreamName,
+        group: &GroupName,
+        id: MessageId,
+        dead_letters: &StreamName,
+        record: &[u8],
+        max_len: u64,
+    ) -> Result<Option<MessageId>> {
+        static ACK_IF_PENDING: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+            redis::Script::new(
+                r"
+local row = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if #row == 0 then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HDEL', KEYS[2], ARGV[2])
+return 1
+",
+            )
+        });
+        let what = || format!("dead-letter entry {id} of stream `{stream}` to `{dead_letters}`");
+        let pending: Value = redis::cmd("XPENDING")
+            .arg(stream.as_str())
+            .arg(group.as_str())
+            .arg(IdArg(id))
+            .arg(IdArg(id))
+            .arg(1)
+            .query_async(&mut self.conn.manager())
+            .await
+            .map_err(|e| map_err(e, what()))?;
+        if matches!(&pending, Value::Array(rows) if rows.is_empty()) {
+            return Ok(None);
+        }
+        let dead: Value = redis::cmd("XADD")
+            .arg(dead_letters.as_str())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(max_len.max(1))
+            .arg("*")
+            .arg(BODY_FIELD)
+            .arg(record)
+            .query_async(&mut self.conn.manager())
+            .await
+            .map_err(|e| map_err(e, what()))?;
+        let dead = parse::message_id(&dead)?;
+        let acked: i64 = ACK_IF_PENDING
+            .key(stream.as_str())
+            .key(self.keys.due(stream, group))
+            .arg(group.as_str())
+            .arg(IdArg(id))
+            .invoke_async(&mut self.conn.manager())
+            .await
+            .map_err(|e| map_err(e, what()))?;
+        if acked == 1 {
+            return Ok(Some(dead));
+        }
+        redis::cmd("XDEL")
+            .arg(dead_letters.as_str())
+            .arg(IdArg(dead))
+            .query_async::<()>(&mut self.conn.manager())
+            .await
+            .map_err(|e| map_err(e, what()))?;
+        Ok(None)
+    }
+
     fn observe(&self, stream: &StreamName, max_len: u64, now: u64, len: &Value, groups: &Value) {
         let length = redis::from_redis_value_ref::<u64>(len).unwrap_or(0);
         let groups = parse::groups(groups).unwrap_or_default();
@@ -718,6 +790,15 @@ impl EventBus for RedisBus {
         record: &[u8],
         max_len: u64,
     ) -> Result<Option<MessageId>> {
+        #[cfg(feature = "redis-cluster")]
+        if self.keys.is_cluster()
+            && redis::cluster_routing::Slot::for_key(stream.as_str())
+                != redis::cluster_routing::Slot::for_key(dead_letters.as_str())
+        {
+            return self
+                .dead_letter_across_slots(stream, group, id, dead_letters, record, max_len)
+                .await;
+        }
         let reply: Value = scripts::DEAD_LETTER
             .key(stream.as_str())
             .key(dead_letters.as_str())

@@ -51,7 +51,7 @@ pub(crate) fn map_err(e: RedisError, what: impl std::fmt::Display) -> Error {
         ErrorKind::Authentication
     } else if has(&["NOGROUP"]) || message.contains("nogroup") || message.contains("no such key") {
         ErrorKind::NotFound
-    } else if has(&["WRONGTYPE"]) || message.contains("wrongtype") {
+    } else if has(&["WRONGTYPE", "CROSSSLOT"]) || message.contains("wrongtype") {
         ErrorKind::InvalidInput
     } else if e.is_timeout() {
         ErrorKind::Timeout
@@ -61,6 +61,8 @@ pub(crate) fn map_err(e: RedisError, what: impl std::fmt::Display) -> Error {
             "TRYAGAIN",
             "MASTERDOWN",
             "CLUSTERDOWN",
+            "MOVED",
+            "ASK",
             "READONLY",
             "BUSY",
             // Out of memory: writes fail until memory is freed or the limit raised.
@@ -92,6 +94,57 @@ fn is_connection_failure(e: &RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
 }
 
+/// The shared connection for ordinary commands: one self-reconnecting
+/// multiplexed connection, or (on Redis Cluster) a cluster connection that
+/// routes each command to the node owning its slot.
+#[derive(Clone)]
+pub(crate) enum Shared {
+    Single(ConnectionManager),
+    #[cfg(feature = "redis-cluster")]
+    Cluster(super::cluster::Routed),
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Single(_) => f.write_str("Single"),
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(_) => f.write_str("Cluster"),
+        }
+    }
+}
+
+impl redis::aio::ConnectionLike for Shared {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipe: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipe, offset, count),
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(c) => c.req_packed_commands(pipe, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 /// Where blocking reads get their connection.
 pub(crate) enum Blocking {
     #[cfg(feature = "rt-tokio")]
@@ -102,6 +155,9 @@ pub(crate) enum Blocking {
         idle: Mutex<Vec<Dedicated>>,
         max_idle: usize,
     },
+    /// Cluster connections of their own, one per blocking read at a time.
+    #[cfg(feature = "redis-cluster")]
+    Cluster(super::cluster::BlockingCluster),
 }
 
 impl std::fmt::Debug for Blocking {
@@ -112,6 +168,8 @@ impl std::fmt::Debug for Blocking {
             Self::Dedicated { max_idle, .. } => {
                 f.debug_struct("Dedicated").field("max_idle", max_idle).finish()
             }
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(_) => f.write_str("Cluster"),
         }
     }
 }
@@ -151,7 +209,7 @@ impl CancelSlot {
     }
 
     /// Publish `client_id`; false when the caller already stopped waiting.
-    fn enter(&self, client_id: u64) -> bool {
+    pub(crate) fn enter(&self, client_id: u64) -> bool {
         self.client_id.store(client_id, SeqCst);
         !self.cancelled.load(SeqCst)
     }
@@ -303,6 +361,8 @@ impl Blocking {
                 }
                 out.map(Some)
             }
+            #[cfg(feature = "redis-cluster")]
+            Self::Cluster(c) => c.query(pipe, wait, slot).await,
         }
     }
 }
@@ -313,7 +373,7 @@ impl Blocking {
 #[derive(Debug)]
 pub(crate) struct Endpoint {
     pub(crate) client: redis::Client,
-    pub(crate) manager: ConnectionManager,
+    pub(crate) manager: Shared,
     pub(crate) blocking: Blocking,
 }
 
@@ -340,9 +400,22 @@ impl Endpoint {
         let blocking = Blocking::new(&client, s.pool_size, s.connect_timeout);
         Ok(Self {
             client,
-            manager,
+            manager: Shared::Single(manager),
             blocking,
         })
+    }
+}
+
+impl Endpoint {
+    /// The client a new pub/sub connection uses: the server's, or on
+    /// Cluster the next seed node in turn, so a subscription that lost its
+    /// node resubscribes on another.
+    pub(crate) fn pubsub_client(&self) -> redis::Client {
+        #[cfg(feature = "redis-cluster")]
+        if let Blocking::Cluster(c) = &self.blocking {
+            return c.next_seed().unwrap_or_else(|| self.client.clone());
+        }
+        self.client.clone()
     }
 }
 
@@ -430,7 +503,7 @@ impl Conn {
         })
     }
 
-    pub(crate) fn manager(&self) -> ConnectionManager {
+    pub(crate) fn manager(&self) -> Shared {
         self.endpoint.load().manager.clone()
     }
 

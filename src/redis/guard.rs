@@ -11,9 +11,9 @@
 //! connection is free again and the next entry goes to a live consumer.
 
 use super::connection::CancelSlot;
+use super::connection::Shared as ConnectionManager;
 use crate::{error::Result, rt};
 use futures_util::future::BoxFuture;
-use redis::aio::ConnectionManager;
 use std::{
     future::Future,
     pin::Pin,

@@ -21,14 +21,17 @@
 //! `PING` (every 250 ms by default) is answered. The bus does not consult
 //! this: its reads have their own waits.
 //!
-//! Only standalone Redis (or a primary) is supported, not Redis Cluster: the
-//! registry prunes its index with a script touching several keys.
+//! With the `redis-cluster` feature, a `redis+cluster://host:port,host:port`
+//! URL (seed nodes) runs the same backends on Redis Cluster, with a
+//! hash-tagged key layout (see the README's "Scaling out: Cluster").
 //!
 //! With the `redis-sentinel` feature, a `redis+sentinel://host:port,host:port/<master>`
 //! URL finds the primary through Redis Sentinel and follows it across a
 //! failover (see the README's "Scaling out: Sentinel").
 
 mod bus;
+#[cfg(feature = "redis-cluster")]
+mod cluster;
 mod connection;
 mod guard;
 mod keys;
@@ -130,7 +133,10 @@ impl Default for RedisBackendBuilder {
 
 impl RedisBackendBuilder {
     /// Server URL (default `redis://127.0.0.1:6379`); `redis://:password@host`
-    /// and, with the `redis-tls` feature, `rediss://` work.
+    /// and, with the `redis-tls` feature, `rediss://` work. With the
+    /// `redis-cluster` feature, `redis+cluster://host:port,host:port,...`
+    /// (seed nodes) selects Redis Cluster; with `redis-sentinel`,
+    /// `redis+sentinel://...` selects Sentinel.
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = url.into();
         self
@@ -272,6 +278,16 @@ impl RedisBackendBuilder {
         if let Some(prefix) = &self.liveness_key_prefix {
             keys = keys.with_liveness_prefix(prefix)?;
         }
+        #[cfg(feature = "redis-cluster")]
+        if self.url.starts_with(cluster::SCHEME) {
+            keys = keys.for_cluster()?;
+            if self.adopt_legacy_every.is_some() {
+                return Err(Error::new(
+                    crate::ErrorKind::Unsupported,
+                    "adopt_legacy_keys scans the keyspace, which a Redis Cluster spreads over its nodes: not supported on Cluster",
+                ));
+            }
+        }
         let settings = connection::Settings {
             pool_size: self.pool_size,
             connect_timeout: self.connect_timeout,
@@ -295,17 +311,21 @@ impl RedisBackendBuilder {
     /// The connection state for the URL: a Sentinel-followed primary for
     /// `redis+sentinel://`, else one server.
     fn connect(&self, settings: connection::Settings, redacted_url: String) -> Result<Arc<Conn>> {
+        #[cfg(feature = "redis-cluster")]
+        if let Some(target) = cluster::Target::parse(&self.url)? {
+            self.refuse_tls("Cluster", &redacted_url)?;
+            return cluster::connect(target, settings, redacted_url);
+        }
+        #[cfg(not(feature = "redis-cluster"))]
+        if self.url.starts_with("redis+cluster://") {
+            return Err(Error::new(
+                crate::ErrorKind::Unsupported,
+                format!("Cluster URL `{redacted_url}` needs fleetwire's `redis-cluster` feature"),
+            ));
+        }
         #[cfg(feature = "redis-sentinel")]
         if let Some(target) = sentinel::Target::parse(&self.url)? {
-            // The Sentinel path opens plain TCP connections: refuse rather
-            // than send a password in the clear that the user asked to protect.
-            #[cfg(feature = "redis-tls")]
-            if self.tls.is_some() {
-                return Err(Error::new(
-                    crate::ErrorKind::Unsupported,
-                    format!("TLS settings with the Sentinel URL `{redacted_url}`: TLS through Sentinel is not supported yet"),
-                ));
-            }
+            self.refuse_tls("Sentinel", &redacted_url)?;
             return sentinel::connect(target, settings, redacted_url);
         }
         #[cfg(not(feature = "redis-sentinel"))]
@@ -322,6 +342,26 @@ impl RedisBackendBuilder {
 }
 
 impl RedisBackendBuilder {
+    /// The Sentinel and Cluster paths open plain TCP connections: refuse TLS
+    /// settings rather than send in the clear what the user asked to protect.
+    #[cfg_attr(
+        not(any(feature = "redis-sentinel", feature = "redis-cluster")),
+        allow(dead_code)
+    )]
+    fn refuse_tls(&self, through: &str, redacted_url: &str) -> Result<()> {
+        #[cfg(feature = "redis-tls")]
+        if self.tls.is_some() {
+            return Err(Error::new(
+                crate::ErrorKind::Unsupported,
+                format!(
+                    "TLS settings with the URL `{redacted_url}`: TLS through {through} is not supported yet"
+                ),
+            ));
+        }
+        let _ = (through, redacted_url);
+        Ok(())
+    }
+
     fn open_client(&self, redacted_url: &str) -> Result<redis::Client> {
         #[cfg(feature = "redis-tls")]
         if let Some(tls) = &self.tls {
@@ -443,5 +483,27 @@ mod tls_sentinel_tests {
         assert_eq!(err.kind(), crate::ErrorKind::Unsupported);
         assert!(err.to_string().contains("TLS through Sentinel"), "{err}");
         assert!(!err.to_string().contains("pw"), "{err}");
+        let err = super::RedisBackend::builder()
+            .url("redis+cluster://:pw@127.0.0.1:1")
+            .tls(super::RedisTls::new())
+            .build()
+            .expect_err("plain TCP would ignore the TLS settings");
+        #[cfg(feature = "redis-cluster")]
+        assert!(err.to_string().contains("TLS through Cluster"), "{err}");
+        assert_eq!(err.kind(), crate::ErrorKind::Unsupported);
+    }
+}
+
+#[cfg(all(test, not(feature = "redis-cluster")))]
+mod cluster_off_tests {
+    #[test]
+    fn cluster_url_without_the_feature_names_it() {
+        let err = super::RedisBackend::builder()
+            .url("redis+cluster://:pw@a:1,b:2")
+            .build()
+            .expect_err("no Cluster support compiled in");
+        assert_eq!(err.kind(), crate::ErrorKind::Unsupported);
+        assert!(err.to_string().contains("`redis-cluster` feature"), "{err}");
+        assert!(!err.to_string().contains("pw@"), "{err}");
     }
 }

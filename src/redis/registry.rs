@@ -177,7 +177,8 @@ struct CachedIndex {
 ///   reference design's fields. [`list_with_expiry`](RegistryStore::list_with_expiry)
 ///   adds a `PTTL` per entry to the `MGET` pipeline (one round trip still,
 ///   about twice the server time); plain `list` does not.
-/// - Only standalone Redis: the scripts touch several keys.
+/// - On Redis Cluster the keys carry the service name as a hash tag, so each
+///   script touches one slot (see the README's "Scaling out: Cluster").
 #[derive(Debug, Clone)]
 pub struct RedisRegistry {
     conn: Arc<Conn>,
@@ -345,10 +346,38 @@ impl RedisRegistry {
         Some(ids)
     }
 
+    /// On Cluster the set of services lives in its own slot, outside the
+    /// register script: `service` is added to it first (never removed), so
+    /// an entry the script writes is always listable.
+    async fn add_service_on_cluster(&self, service: &ServiceName) -> Result<()> {
+        let key = self.keys.services();
+        let mut conn = self.conn.manager();
+        self.conn
+            .run(
+                || format!("register `{service}` in the set of services"),
+                redis::cmd("SADD")
+                    .arg(&key)
+                    .arg(service.as_str())
+                    .query_async::<()>(&mut conn),
+            )
+            .await
+            .map_err(|e| match e.kind() {
+                ErrorKind::InvalidInput => Error::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "register `{service}` failed: key `{key}` is not a set, so the entry could not be \
+                         listed; nothing was written (delete or rename that key)"
+                    ),
+                )
+                .with_source(e),
+                _ => e,
+            })
+    }
+
     /// Best effort: a failure leaves the stale ids for the next `list`.
     async fn prune(&self, service: &ServiceName, ids: &[InstanceId]) {
         let mut inv = self.scripts.prune.key(self.keys.index(service));
-        inv.key(self.keys.services())
+        inv.key(self.keys.services_in_script(service))
             .key(self.keys.index_version(service))
             .arg(service.as_str());
         for id in ids {
@@ -465,10 +494,14 @@ impl redis::FromRedisValue for Slot {
 impl RegistryStore for RedisRegistry {
     async fn register(&self, instance: &Instance, ttl: Duration) -> Result<()> {
         let (s, i) = (&instance.service, &instance.id);
+        self.keys.check_service(s)?;
+        if self.keys.is_cluster() {
+            self.add_service_on_cluster(s).await?;
+        }
         let ttl_ms = crate::clock::ttl_ms(ttl.min(MAX_TTL));
         let mut inv = self.scripts.register.key(self.keys.instance(s, i));
         inv.key(self.keys.index(s))
-            .key(self.keys.services())
+            .key(self.keys.services_in_script(s))
             .key(self.keys.index_version(s))
             .arg(instance.to_json_with_ttl(Some(Duration::from_millis(ttl_ms))))
             .arg(ttl_ms)
@@ -513,6 +546,7 @@ impl RegistryStore for RedisRegistry {
     }
 
     async fn deregister(&self, service: &ServiceName, id: &InstanceId) -> Result<()> {
+        self.keys.check_service(service)?;
         let mut inv = self.scripts.deregister.key(self.keys.instance(service, id));
         inv.key(self.keys.index(service))
             .key(self.keys.index_version(service))
@@ -553,7 +587,10 @@ impl RedisRegistry {
     /// The listing, with what is left of each TTL when `expiry`.
     async fn list_entries(&self, service: Option<&ServiceName>, expiry: bool) -> Result<Vec<Instance>> {
         let services = match service {
-            Some(s) => vec![s.clone()],
+            Some(s) => {
+                self.keys.check_service(s)?;
+                vec![s.clone()]
+            }
             None => self.services().await?,
         };
         if services.is_empty() {

@@ -3,7 +3,7 @@
 //! Used for fast paths that only newer servers have; Redis 7.0 is the
 //! baseline every path works on.
 
-use redis::aio::ConnectionManager;
+use super::connection::Shared as ConnectionManager;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// A Redis version, `major.minor.patch`.

@@ -104,7 +104,7 @@ impl OpenError {
 /// response timeout (a connection to a host that vanished never fails by itself).
 async fn open(conn: &Conn, channel_pattern: &str) -> std::result::Result<PubSubStream, OpenError> {
     let attempt = async {
-        let mut pubsub = conn.current().client.get_async_pubsub().await?;
+        let mut pubsub = conn.current().pubsub_client().get_async_pubsub().await?;
         pubsub.psubscribe(channel_pattern).await?;
         Ok(pubsub.into_on_message())
     };

@@ -3,6 +3,7 @@
 //! tests that need it say so loudly and return.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod logs;
 pub mod sentinel;
 

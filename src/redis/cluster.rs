@@ -1,0 +1,683 @@
+//! Redis Cluster: commands go to the node that owns their keys' slot.
+//!
+//! A URL `redis+cluster://[user:password@]host:port,host:port,...` names
+//! seed nodes (port 6379 when left out); the client learns the slot map
+//! from them and follows `MOVED`/`ASK` redirections and failovers itself.
+//!
+//! - Ordinary commands share one redis-rs cluster connection (one
+//!   multiplexed connection per node). A pipeline whose commands fall in
+//!   several slots, or an `MGET` over several slots, is split by slot and
+//!   sent as one pipeline per primary (from a `CLUSTER SLOTS` map), all at
+//!   once: the registry's listing and `is_alive_batch` take one round trip
+//!   per primary.
+//! - Blocking reads (`XREADGROUP ... BLOCK`, a publish's `WAIT`) use cluster
+//!   connections of their own, with a response timeout of the block plus the
+//!   backend's response timeout, so they never stall other traffic.
+//! - Topics: a classic `PUBLISH` reaches every node of a cluster, so a
+//!   subscription is made on one seed node (the first, then the next in turn
+//!   each time it has to resubscribe), and every publish goes to the primary
+//!   of slot 0 (one node, so a publisher's events keep their order).
+//!
+//! The key layout on Cluster is described in [`super::keys`].
+
+use super::connection::{map_err, Blocking, CancelSlot, Conn, Endpoint, Settings, Shared};
+use crate::{
+    error::{Error, Result},
+    rt,
+};
+use futures_util::future::try_join_all;
+use parking_lot::Mutex;
+use redis::{
+    aio::ConnectionLike,
+    cluster::{ClusterClient, ClusterConfig},
+    cluster_async::ClusterConnection,
+    cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr},
+    Cmd, Pipeline, RedisError, RedisFuture, Value,
+};
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+/// The URL scheme that selects Cluster.
+pub(crate) const SCHEME: &str = "redis+cluster://";
+
+/// Response timeout of a blocking-read cluster connection: the read's own
+/// wait is enforced around each call instead.
+const BLOCKING_RESPONSE_TIMEOUT: Duration = Duration::from_secs(31 * 24 * 3600);
+
+/// A parsed `redis+cluster://` URL: one `redis://` URL per seed node.
+#[derive(Clone)]
+pub(crate) struct Target {
+    nodes: Vec<String>,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("nodes", &self.nodes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn bad(url: &str, problem: impl std::fmt::Display) -> Error {
+    Error::invalid(format!(
+        "invalid Cluster URL `{}`: {problem} (expected redis+cluster://[user:password@]host:port[,host:port...])",
+        super::connection::redact(url)
+    ))
+}
+
+impl Target {
+    /// Parse `url`; `None` when it is not a Cluster URL at all.
+    pub(crate) fn parse(url: &str) -> Result<Option<Self>> {
+        let Some(rest) = url.strip_prefix(SCHEME) else {
+            return Ok(None);
+        };
+        if rest.contains('?') {
+            return Err(bad(url, "query parameters are not supported"));
+        }
+        let authority = match rest.split_once('/') {
+            Some((_, path)) if !path.is_empty() => {
+                return Err(bad(
+                    url,
+                    "a path (database number) is not supported: a cluster has only database 0",
+                ))
+            }
+            Some((a, _)) => a,
+            None => rest,
+        };
+        let (userinfo, hosts) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
+            None => (None, authority),
+        };
+        let mut nodes = Vec::new();
+        for host in hosts.split(',') {
+            if host.is_empty() {
+                return Err(bad(url, "an empty node address"));
+            }
+            let (name, port) = match host.rsplit_once(':') {
+                Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                    let port = p
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| bad(url, format!("`{p}` is not a port (in `{host}`)")))?;
+                    (h, port)
+                }
+                _ => (host, 6379),
+            };
+            if name.is_empty() || name == "[]" {
+                return Err(bad(url, format!("no host in `{host}`")));
+            }
+            if name.contains(['/', '@', '#']) {
+                return Err(bad(url, format!("`{host}` is not a host:port")));
+            }
+            let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+            nodes.push(format!("redis://{auth}{name}:{port}"));
+        }
+        // Checked here so a bad user info is an error at build time.
+        ClusterClient::new(nodes.clone()).map_err(|e| bad(url, e.detail().unwrap_or("unusable node URL")))?;
+        Ok(Some(Self { nodes }))
+    }
+}
+
+/// Build the connection state for `target`. No connection is made until the
+/// first call.
+pub(crate) fn connect(target: Target, settings: Settings, redacted_url: String) -> Result<Arc<Conn>> {
+    let what = || format!("connect to `{redacted_url}`");
+    let shared = ClusterClient::builder(target.nodes.clone())
+        .connection_timeout(settings.connect_timeout)
+        .response_timeout(settings.response_timeout)
+        .retries(3)
+        .min_retry_wait(50)
+        .max_retry_wait(500)
+        .build()
+        .map_err(|e| map_err(e, what()))?;
+    let blocking = ClusterClient::builder(target.nodes.clone())
+        .connection_timeout(settings.connect_timeout)
+        .response_timeout(BLOCKING_RESPONSE_TIMEOUT)
+        .retries(1)
+        .build()
+        .map_err(|e| map_err(e, what()))?;
+    let seeds = target
+        .nodes
+        .iter()
+        .map(|n| redis::Client::open(n.as_str()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| map_err(e, what()))?;
+    let pubsub = seeds[0].clone();
+    let config = ClusterConfig::new()
+        .set_connection_timeout(settings.connect_timeout)
+        .set_response_timeout(settings.response_timeout);
+    let endpoint = Endpoint {
+        client: pubsub,
+        manager: Shared::Cluster(Routed::new(
+            shared.get_pending_async_connection_with_config(config),
+        )),
+        blocking: Blocking::Cluster(BlockingCluster {
+            client: Box::new(blocking),
+            idle: Mutex::new(Vec::new()),
+            max_idle: settings.pool_size.max(1) as usize,
+            seeds,
+            next_seed: AtomicUsize::new(0),
+        }),
+    };
+    Ok(Conn::new(endpoint, settings, redacted_url))
+}
+
+/// A cluster connection whose pipelines may span slots: split by slot and
+/// sent as one pipeline per primary, all at once.
+#[derive(Clone)]
+pub(crate) struct Routed {
+    conn: ClusterConnection,
+    /// Which primary serves each slot, from `CLUSTER SLOTS`; dropped when a
+    /// reply says the map moved, asked again on the next split pipeline.
+    owners: Arc<Mutex<Option<Arc<Owners>>>>,
+}
+
+impl Routed {
+    fn new(conn: ClusterConnection) -> Self {
+        Self {
+            conn,
+            owners: Arc::default(),
+        }
+    }
+
+    /// The slot map, asked for when not known.
+    async fn owners(&self) -> Option<Arc<Owners>> {
+        if let Some(o) = self.owners.lock().clone() {
+            return Some(o);
+        }
+        let mut c = self.conn.clone();
+        let reply: Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut c)
+            .await
+            .ok()?;
+        let owners = Arc::new(Owners::parse(&reply)?);
+        *self.owners.lock() = Some(owners.clone());
+        Some(owners)
+    }
+
+    /// Run one group: as one pipeline on its primary; when a reply says the
+    /// slot map moved (or the node failed), forget the map and run the
+    /// group's commands slot by slot, which redis-rs redirects itself.
+    async fn run_group(&self, group: Vec<Unit>) -> redis::RedisResult<Vec<(Unit, Value)>> {
+        let mut c = self.conn.clone();
+        let mut sub = redis::pipe();
+        for u in &group {
+            sub.add_command(u.cmd.clone());
+        }
+        let n = group.len();
+        let route = SingleNodeRoutingInfo::SpecificNode(Route::new(group[0].slot, SlotAddr::Master));
+        let first = c.route_pipeline(sub, 0, n, route).await;
+        let moved = |v: &Value| matches!(v, Value::ServerError(e) if matches!(e.code(), "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN"));
+        match first {
+            Ok(values) if values.len() == n && !values.iter().any(moved) => {
+                return Ok(group.into_iter().zip(values).collect());
+            }
+            _ => *self.owners.lock() = None,
+        }
+        let mut by_slot: HashMap<u16, Vec<Unit>> = HashMap::new();
+        for u in group {
+            by_slot.entry(u.slot).or_default().push(u);
+        }
+        let runs = by_slot.into_values().map(|units| {
+            let mut c = self.conn.clone();
+            async move {
+                let mut sub = redis::pipe();
+                for u in &units {
+                    sub.add_command(u.cmd.clone());
+                }
+                let n = units.len();
+                c.req_packed_commands(&sub, 0, n)
+                    .await
+                    .map(|values| units.into_iter().zip(values).collect::<Vec<_>>())
+            }
+        });
+        Ok(try_join_all(runs).await?.into_iter().flatten().collect())
+    }
+}
+
+/// The hash slot of `key` (CRC16/XMODEM of its hash tag, or of the whole
+/// key, modulo 16384), as Redis Cluster computes it.
+pub(crate) fn slot_of(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|b| *b == b'{')
+        .and_then(|open| {
+            let close = key[open + 1..].iter().position(|b| *b == b'}')?;
+            Some(&key[open + 1..open + 1 + close])
+        })
+        .filter(|tag| !tag.is_empty())
+        .unwrap_or(key);
+    let mut crc: u16 = 0;
+    for byte in hashed {
+        crc ^= u16::from(*byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// Which primary serves each slot.
+#[derive(Debug)]
+struct Owners {
+    /// Primary (index) per slot number; `None` when unassigned.
+    node_of: Vec<Option<u16>>,
+}
+
+impl Owners {
+    /// From a `CLUSTER SLOTS` reply: `[[start, end, [host, port, ..], ..], ..]`.
+    fn parse(reply: &Value) -> Option<Self> {
+        let Value::Array(ranges) = reply else {
+            return None;
+        };
+        let mut node_of = vec![None; 16384];
+        let mut nodes: Vec<(Vec<u8>, i64)> = Vec::new();
+        for range in ranges {
+            let Value::Array(r) = range else {
+                return None;
+            };
+            let (Some(Value::Int(start)), Some(Value::Int(end)), Some(Value::Array(primary))) =
+                (r.first(), r.get(1), r.get(2))
+            else {
+                return None;
+            };
+            let host = match primary.first()? {
+                Value::BulkString(h) => h.clone(),
+                Value::SimpleString(h) => h.clone().into_bytes(),
+                _ => return None,
+            };
+            let Some(Value::Int(port)) = primary.get(1) else {
+                return None;
+            };
+            let node = match nodes.iter().position(|n| n.0 == host && n.1 == *port) {
+                Some(i) => i,
+                None => {
+                    nodes.push((host, *port));
+                    nodes.len() - 1
+                }
+            };
+            for slot in (*start).max(0)..=(*end).min(16383) {
+                node_of[slot as usize] = Some(node as u16);
+            }
+        }
+        Some(Self { node_of })
+    }
+}
+
+/// One single-slot command of a split pipeline, and where its reply goes.
+struct Unit {
+    cmd: Cmd,
+    slot: u16,
+    dest: Dest,
+}
+
+enum Dest {
+    /// The reply of the pipeline's command `i`.
+    Whole(usize),
+    /// Part of the reply of the `MGET` at `i`: the values at these positions.
+    Part(usize, Vec<usize>),
+}
+
+/// A multi-slot `MGET` as one `MGET` per slot, with the positions of its keys.
+fn split_mget(cmd: &Cmd) -> Option<Vec<(u16, Vec<usize>, Cmd)>> {
+    let mut args = cmd.args_iter().filter_map(|a| match a {
+        redis::Arg::Simple(b) => Some(b),
+        _ => None,
+    });
+    if !args.next()?.eq_ignore_ascii_case(b"MGET") {
+        return None;
+    }
+    let mut pieces: Vec<(u16, Vec<usize>, Cmd)> = Vec::new();
+    let mut at: HashMap<u16, usize> = HashMap::new();
+    for (pos, key) in args.enumerate() {
+        let slot = slot_of(key);
+        let i = *at.entry(slot).or_insert_with(|| {
+            pieces.push((slot, Vec::new(), redis::cmd("MGET")));
+            pieces.len() - 1
+        });
+        pieces[i].1.push(pos);
+        pieces[i].2.arg(key);
+    }
+    (!pieces.is_empty()).then_some(pieces)
+}
+
+/// Units grouped by the primary serving their slot (by slot when the map
+/// is unknown), in order within each group.
+fn group_units(units: Vec<Unit>, owners: Option<&Owners>) -> Vec<Vec<Unit>> {
+    let mut groups: Vec<Vec<Unit>> = Vec::new();
+    let mut index: HashMap<(Option<u16>, Option<u16>), usize> = HashMap::new();
+    for u in units {
+        let n = u.slot;
+        let key = match owners.and_then(|o| o.node_of[n as usize]) {
+            Some(node) => (Some(node), None),
+            None => (None, Some(n)),
+        };
+        let g = *index.entry(key).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(u);
+    }
+    groups
+}
+
+/// Where a command of a pipeline goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Part {
+    /// With the other commands of this slot, in one sub-pipeline.
+    Slot(u16),
+    /// On its own (keys in several slots, or no key): redis-rs routes it.
+    Alone,
+}
+
+/// The keys of `cmd`, for the commands fleetwire sends.
+fn keys_of(cmd: &Cmd) -> Vec<&[u8]> {
+    let args: Vec<&[u8]> = cmd
+        .args_iter()
+        .filter_map(|a| match a {
+            redis::Arg::Simple(b) => Some(b),
+            _ => None,
+        })
+        .collect();
+    let Some(name) = args.first() else {
+        return Vec::new();
+    };
+    let upper = name.to_ascii_uppercase();
+    match upper.as_slice() {
+        b"MGET" | b"DEL" | b"EXISTS" | b"UNLINK" => args[1..].to_vec(),
+        b"EVALSHA" | b"EVAL" => {
+            let n = args
+                .get(2)
+                .and_then(|n| std::str::from_utf8(n).ok()?.parse::<usize>().ok())
+                .unwrap_or(0);
+            args.iter().skip(3).take(n).copied().collect()
+        }
+        b"XREADGROUP" | b"XREAD" => args
+            .iter()
+            .position(|a| a.eq_ignore_ascii_case(b"STREAMS"))
+            .and_then(|i| args.get(i + 1))
+            .into_iter()
+            .copied()
+            .collect(),
+        b"XINFO" | b"XGROUP" | b"OBJECT" => args.get(2).into_iter().copied().collect(),
+        b"PING" | b"WAIT" | b"INFO" | b"CLIENT" | b"SCRIPT" | b"TIME" | b"PUBLISH" => Vec::new(),
+        _ => args.get(1).into_iter().copied().collect(),
+    }
+}
+
+fn part_of(cmd: &Cmd) -> Part {
+    let mut slots = keys_of(cmd).into_iter().map(slot_of);
+    match slots.next() {
+        Some(first) if slots.all(|s| s == first) => Part::Slot(first),
+        _ => Part::Alone,
+    }
+}
+
+impl ConnectionLike for Routed {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let publish = cmd
+            .args_iter()
+            .next()
+            .is_some_and(|a| matches!(a, redis::Arg::Simple(n) if n.eq_ignore_ascii_case(b"PUBLISH")));
+        if publish {
+            // redis-rs would route by channel name; every publish going to one
+            // node (slot 0's primary) keeps a publisher's events in order
+            // across topics, as on a single server.
+            let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+                0,
+                SlotAddr::Master,
+            )));
+            let mut conn = self.conn.clone();
+            return Box::pin(async move { conn.route_command(cmd.clone(), route).await });
+        }
+        let multi_slot_mget =
+            matches!(part_of(cmd), Part::Alone) && split_mget(cmd).is_some_and(|p| p.len() > 1);
+        if multi_slot_mget {
+            // One MGET per slot, sent as one pipeline per primary.
+            let mut this = self.clone();
+            return Box::pin(async move {
+                let mut pipe = redis::pipe();
+                pipe.add_command(cmd.clone());
+                let mut replies = this.req_packed_commands(&pipe, 0, 1).await?;
+                Ok(replies.pop().unwrap_or(Value::Nil))
+            });
+        }
+        self.conn.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipe: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let parts: Vec<Part> = pipe.cmd_iter().map(part_of).collect();
+        let single = parts.is_empty()
+            || parts
+                .first()
+                .is_some_and(|p| *p != Part::Alone && parts.iter().all(|q| q == p));
+        if single || pipe.is_transaction() || offset != 0 || count != pipe.len() {
+            return self.conn.req_packed_commands(pipe, offset, count);
+        }
+        // Single-slot commands, a multi-slot MGET cut into one MGET per slot.
+        let mut units: Vec<Unit> = Vec::new();
+        let mut alone: Vec<usize> = Vec::new();
+        let mut mget_len: HashMap<usize, usize> = HashMap::new();
+        for (i, (cmd, part)) in pipe.cmd_iter().zip(&parts).enumerate() {
+            match part {
+                Part::Slot(slot) => units.push(Unit {
+                    cmd: cmd.clone(),
+                    slot: *slot,
+                    dest: Dest::Whole(i),
+                }),
+                Part::Alone => match split_mget(cmd) {
+                    Some(pieces) => {
+                        mget_len.insert(i, pieces.iter().map(|(_, at, _)| at.len()).sum());
+                        for (slot, at, cmd) in pieces {
+                            units.push(Unit {
+                                cmd,
+                                slot,
+                                dest: Dest::Part(i, at),
+                            });
+                        }
+                    }
+                    None => alone.push(i),
+                },
+            }
+        }
+        let cmds: Vec<&Cmd> = pipe.cmd_iter().collect();
+        let this = self.clone();
+        Box::pin(async move {
+            let owners = this.owners().await;
+            let groups = group_units(units, owners.as_deref());
+            let piped = groups.into_iter().map(|group| this.run_group(group));
+            let single = alone.into_iter().map(|i| {
+                let mut c = this.conn.clone();
+                let cmd = cmds[i];
+                async move { c.req_packed_command(cmd).await.map(|v| (i, v)) }
+            });
+            let (piped, single) = futures_util::future::join(try_join_all(piped), try_join_all(single)).await;
+            let mut out = vec![Value::Nil; count];
+            let mut parts: HashMap<usize, Vec<Value>> = HashMap::new();
+            for (unit, value) in piped?.into_iter().flatten() {
+                match unit.dest {
+                    Dest::Whole(i) => out[i] = value,
+                    Dest::Part(i, at) => {
+                        let whole = parts.entry(i).or_insert_with(|| vec![Value::Nil; mget_len[&i]]);
+                        match value {
+                            Value::Array(items) => {
+                                for (pos, item) in at.into_iter().zip(items) {
+                                    whole[pos] = item;
+                                }
+                            }
+                            // An error reply stands for the whole MGET.
+                            other => out[i] = other,
+                        }
+                    }
+                }
+            }
+            for (i, whole) in parts {
+                if matches!(out[i], Value::Nil) {
+                    out[i] = Value::Array(whole);
+                }
+            }
+            for (i, v) in single? {
+                out[i] = v;
+            }
+            Ok(out)
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
+
+/// Blocking reads on Cluster: a free list of cluster connections of their own.
+pub(crate) struct BlockingCluster {
+    client: Box<ClusterClient>,
+    idle: Mutex<Vec<ClusterConnection>>,
+    max_idle: usize,
+    /// One client per seed node, for pub/sub, taken in turn.
+    seeds: Vec<redis::Client>,
+    next_seed: AtomicUsize,
+}
+
+impl BlockingCluster {
+    /// The next seed node's client, in turn (the first one first).
+    pub(crate) fn next_seed(&self) -> Option<redis::Client> {
+        let n = self.next_seed.fetch_add(1, Ordering::Relaxed);
+        self.seeds.get(n % self.seeds.len().max(1)).cloned()
+    }
+
+    /// Run `pipe` on a connection of its own, waiting up to `wait`; `None`
+    /// when `slot` was cancelled first. A read abandoned by its caller is
+    /// not unblocked early (a `CLIENT ID` names one node's connection
+    /// only): its connection waits out the block and is then dropped.
+    pub(crate) async fn query(
+        &self,
+        pipe: &Pipeline,
+        wait: Duration,
+        slot: &CancelSlot,
+    ) -> Result<Option<Vec<Value>>, RedisError> {
+        let pooled = self.idle.lock().pop();
+        let mut c = match pooled {
+            Some(c) => c,
+            None => self.client.get_async_connection().await?,
+        };
+        if !slot.enter(0) {
+            return Ok(None);
+        }
+        let out = match rt::timeout(wait, pipe.query_async::<Vec<Value>>(&mut c)).await {
+            Ok(out) => out,
+            Err(rt::Elapsed) => Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no reply to a blocking read within {wait:?}"),
+            ))),
+        };
+        if out.is_ok() {
+            let mut idle = self.idle.lock();
+            if idle.len() < self.max_idle {
+                idle.push(c);
+            }
+        }
+        out.map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{part_of, slot_of, Part, Target};
+    use redis::cluster_routing::Slot;
+
+    #[test]
+    fn parses_cluster_urls() {
+        let t = Target::parse("redis+cluster://:pw@a:1,b:2,c").unwrap().unwrap();
+        assert_eq!(
+            t.nodes,
+            ["redis://:pw@a:1", "redis://:pw@b:2", "redis://:pw@c:6379"]
+        );
+        assert!(Target::parse("redis://h").unwrap().is_none());
+        let t = Target::parse("redis+cluster://a:1/").unwrap().unwrap();
+        assert_eq!(t.nodes, ["redis://a:1"]);
+    }
+
+    #[test]
+    fn rejects_malformed_cluster_urls() {
+        for (url, says) in [
+            ("redis+cluster://", "empty node address"),
+            ("redis+cluster://a:1,,b:2", "empty node address"),
+            ("redis+cluster://a:x", "`x` is not a port"),
+            ("redis+cluster://a:0", "`0` is not a port"),
+            ("redis+cluster://:s3cret@:1", "no host"),
+            ("redis+cluster://:s3cret@a:1/2", "database number"),
+            ("redis+cluster://a:1?x=1", "query parameters"),
+        ] {
+            let e = Target::parse(url).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidInput);
+            assert!(e.to_string().contains(says), "{url}: {e}");
+            assert!(!e.to_string().contains("s3cret"), "{e}");
+        }
+    }
+
+    #[test]
+    fn slots_as_redis_computes_them() {
+        assert_eq!(slot_of(b"06S"), 0);
+        assert_eq!(slot_of(b"foo"), 12182);
+        assert_eq!(slot_of(b"x{foo}y"), 12182);
+        for key in [
+            "orders",
+            "{shop}orders",
+            "a{b",
+            "a{}b",
+            "}{x}",
+            "sg:registry:index:{gateway}",
+        ] {
+            assert_eq!(
+                Slot::for_key(key),
+                Slot::new(slot_of(key.as_bytes())).unwrap(),
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn pipelines_are_split_by_the_slot_of_each_command() {
+        let slot = slot_of(b"{a}");
+        let mut get = redis::cmd("GET");
+        get.arg("x:{a}:1");
+        assert_eq!(part_of(&get), Part::Slot(slot));
+        let mut mget = redis::cmd("MGET");
+        mget.arg("{a}1").arg("{a}2");
+        assert_eq!(part_of(&mget), Part::Slot(slot));
+        mget.arg("{b}");
+        assert_eq!(part_of(&mget), Part::Alone);
+        let mut eval = redis::cmd("EVALSHA");
+        eval.arg("sha").arg(2).arg("{a}x").arg("{a}y").arg("other");
+        assert_eq!(part_of(&eval), Part::Slot(slot));
+        let mut read = redis::cmd("XREADGROUP");
+        read.arg("GROUP")
+            .arg("g")
+            .arg("c")
+            .arg("STREAMS")
+            .arg("{a}s")
+            .arg(">");
+        assert_eq!(part_of(&read), Part::Slot(slot));
+        let mut info = redis::cmd("XINFO");
+        info.arg("GROUPS").arg("{a}s");
+        assert_eq!(part_of(&info), Part::Slot(slot));
+        assert_eq!(part_of(&redis::cmd("PING")), Part::Alone);
+    }
+}

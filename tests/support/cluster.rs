@@ -1,0 +1,135 @@
+//! A Redis Cluster of 3 primaries and 3 replicas (`redis-server
+//! --cluster-enabled yes`, then `redis-cli --cluster create ...
+//! --cluster-replicas 1`), on free ports in temp dirs, killed on drop.
+//! [`Cluster::start`] returns once every node reports `cluster_state:ok`
+//! and every replica's link to its primary is up.
+
+use super::{sentinel::raw, RedisServer};
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+pub struct Cluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl Cluster {
+    /// Start the six nodes and form the cluster, or `None` (loudly) when
+    /// `redis-server` is missing outside CI. With `CI` set, anything that
+    /// does not come up panics.
+    pub fn start() -> Option<Self> {
+        let nodes = (0..6)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                    // A replica may take over however long ago it last heard
+                    // from its primary (the default refuses after ~10 node timeouts).
+                    "--cluster-replica-validity-factor",
+                    "0",
+                    // Replicas sync at once instead of after 5 s.
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ])
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let mut create = Command::new("redis-cli");
+        create.arg("--cluster").arg("create");
+        for n in &nodes {
+            create.arg(format!("127.0.0.1:{}", n.port));
+        }
+        let out = create.args(["--cluster-replicas", "1", "--cluster-yes"]).output();
+        let out = match out {
+            Ok(out) => out,
+            Err(e) if std::env::var_os("CI").is_none() => {
+                eprintln!("\n!!! redis-cli not runnable ({e}): SKIPPING the Cluster tests !!!\n");
+                return None;
+            }
+            Err(e) => panic!("redis-cli not runnable ({e}), and CI is set"),
+        };
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = Self { nodes };
+        cluster.wait_ok(Duration::from_secs(30));
+        Some(cluster)
+    }
+
+    /// `redis+cluster://` URL naming every node as a seed.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// Wait until every running node says `cluster_state:ok` and knows
+    /// all 16384 slots, and every replica is in sync with its primary.
+    pub fn wait_ok(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let ok = self
+                .nodes
+                .iter()
+                .filter(|n| raw(n.port, &["PING"]).is_some())
+                .all(|n| {
+                    raw(n.port, &["CLUSTER", "INFO"]).is_some_and(|r| {
+                        r.contains("cluster_state:ok") && r.contains("cluster_slots_ok:16384")
+                    })
+                });
+            if ok {
+                return;
+            }
+            if Instant::now() > deadline {
+                let logs: Vec<String> = self
+                    .nodes
+                    .iter()
+                    .map(|n| std::fs::read_to_string(n.log()).unwrap_or_default())
+                    .collect();
+                panic!(
+                    "the cluster did not reach cluster_state:ok within {within:?}\n{}",
+                    logs.join("\n----\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Index in `nodes` of the primary that owns `key`'s slot now.
+    pub fn primary_of(&self, key: &str) -> Option<usize> {
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Some(role) = raw(n.port, &["ROLE"]) else {
+                continue;
+            };
+            if !role.contains("master") {
+                continue;
+            }
+            let slot = raw(n.port, &["CLUSTER", "KEYSLOT", key])?;
+            let slot: u16 = slot.trim().trim_start_matches(':').parse().ok()?;
+            let nodes = raw(n.port, &["CLUSTER", "NODES"])?;
+            let me = nodes.lines().find(|l| l.contains("myself"))?;
+            let serves = me.split(' ').skip(8).any(|range| match range.split_once('-') {
+                Some((a, b)) => a
+                    .parse::<u16>()
+                    .ok()
+                    .zip(b.parse::<u16>().ok())
+                    .is_some_and(|(a, b)| (a..=b).contains(&slot)),
+                None => range.parse::<u16>().ok() == Some(slot),
+            });
+            if serves {
+                return Some(i);
+            }
+        }
+        None
+    }
+}
