@@ -593,6 +593,13 @@ fn main() {
         .set(std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect())
         .expect("set once");
     let server = support::RedisServer::start().expect("the Redis comparisons need redis-server");
+    // Six nodes (3 primaries, 3 replicas) on free ports, only when a `cluster/` group runs.
+    #[cfg(feature = "redis-cluster")]
+    let cluster = if wants("cluster/") {
+        support::cluster::Cluster::start()
+    } else {
+        None
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -769,5 +776,113 @@ fn main() {
                      async move { p.query_async::<Vec<Vec<Option<Vec<u8>>>>>(&mut c).await.unwrap(); } },
                 || { let (reg, fleet) = (backend.registry(), &fleet); async move { assert_eq!(reg.list(Some(fleet)).await.unwrap().len(), 10_000); } }).await;
         }
+
+        #[cfg(feature = "redis-cluster")]
+        if let Some(cluster) = &cluster {
+            cluster_groups(cluster, &codec, &env).await;
+        }
     });
+}
+
+/// The `cluster/` groups: fleetwire's `redis+cluster://` backend against raw
+/// redis-rs `cluster_async` (one `ClusterConnection`, i.e. one multiplexed
+/// connection per node), on a private 6-node cluster.
+#[cfg(feature = "redis-cluster")]
+async fn cluster_groups(cluster: &support::cluster::Cluster, codec: &Codec, env: &Envelope) {
+    let url = cluster.url();
+    let backend = RedisBackend::builder().url(&url).max_len(10_000).build().unwrap();
+    let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
+    let raw = redis::cluster::ClusterClient::new(nodes)
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap();
+    let bus = backend.bus();
+    let body = codec.encode(env).unwrap();
+    // One hash tag: both streams live on the same primary.
+    let (raw_s, fw_s) = ("{bench}:raw", StreamName::new("{bench}:fw").unwrap());
+
+    if wants("cluster/publish/sequential") {
+        compare(
+            "cluster/publish/sequential",
+            "ops/s ≥ 0.9× raw, i.e. ≤ 1.11×",
+            200,
+            || {
+                let (mut c, cmd) = (raw.clone(), raw_xadd(raw_s, &body));
+                async move {
+                    cmd.query_async::<String>(&mut c).await.unwrap();
+                }
+            },
+            || async {
+                bus.publish(&fw_s, env).await.unwrap();
+            },
+        )
+        .await;
+    }
+    if wants("cluster/publish/concurrent") {
+        compare(
+            "cluster/publish/concurrent (50 at once)",
+            "ops/s ≥ 0.9× raw, i.e. ≤ 1.11×",
+            20,
+            || {
+                let (raw, body) = (raw.clone(), &body);
+                async move {
+                    join_all((0..50).map(|_| {
+                        let (mut c, cmd) = (raw.clone(), raw_xadd(raw_s, body));
+                        async move { cmd.query_async::<String>(&mut c).await.unwrap() }
+                    }))
+                    .await;
+                }
+            },
+            || async {
+                join_all((0..50).map(|_| bus.publish(&fw_s, env)))
+                    .await
+                    .into_iter()
+                    .for_each(|r| {
+                        r.unwrap();
+                    });
+            },
+        )
+        .await;
+    }
+    if wants("cluster/liveness/is_alive_batch_10k") {
+        let live = backend.liveness();
+        // `sg:liveness:rt-{i}`: no hash tag, so the 10,000 keys fall in ~7,000 slots on all 3 primaries.
+        let ids: Vec<InstanceId> = (0..10_000)
+            .map(|i| InstanceId::new(format!("rt-{i}")).unwrap())
+            .collect();
+        let half: Vec<&InstanceId> = ids.iter().step_by(2).collect();
+        for chunk in half.chunks(500) {
+            for r in join_all(chunk.iter().map(|id| live.touch(id, Duration::from_secs(600)))).await {
+                r.unwrap();
+            }
+        }
+        let keys: Vec<String> = ids.iter().map(|i| format!("sg:liveness:{i}")).collect();
+        let alive = live.is_alive_batch(&ids).await.unwrap();
+        assert_eq!(alive.iter().filter(|a| **a).count(), 5_000);
+        // Raw: one MGET of all 10,000 keys; redis-rs routes it as one MGET per
+        // slot, all in flight at once on each node's multiplexed connection,
+        // and reassembles the reply in key order.
+        compare(
+            "cluster/liveness/is_alive_batch_10k vs MGET (redis-rs splits per slot)",
+            "ops/s ≥ 0.9× raw, i.e. ≤ 1.11×",
+            3,
+            || {
+                let mut c = raw.clone();
+                let cmd = {
+                    let mut m = redis::cmd("MGET");
+                    m.arg(&keys);
+                    m
+                };
+                async move {
+                    let v = cmd.query_async::<Vec<Option<String>>>(&mut c).await.unwrap();
+                    assert_eq!(v.len(), 10_000);
+                }
+            },
+            || async {
+                live.is_alive_batch(&ids).await.unwrap();
+            },
+        )
+        .await;
+    }
 }
