@@ -9,6 +9,8 @@
 //! `FLEETWIRE_BENCH_ROUNDS=101` runs more rounds per comparison (default 31).
 //! Each row prints the IQR of its per-round ratios and the 1-minute load
 //! average: the machine these run on is shared.
+//! With the `redis-cluster` feature, the `cluster/` groups start a private
+//! 6-node Redis Cluster and compare against raw redis-rs `cluster_async`.
 
 mod common;
 #[path = "../tests/support/mod.rs"]
