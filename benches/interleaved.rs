@@ -9,6 +9,8 @@
 //! `FLEETWIRE_BENCH_ROUNDS=101` runs more rounds per comparison (default 31).
 //! Each row prints the IQR of its per-round ratios and the 1-minute load
 //! average: the machine these run on is shared.
+//! With the `redis-cluster` feature, the `cluster/` groups start a private
+//! 6-node Redis Cluster and compare against raw redis-rs `cluster_async`.
 
 mod common;
 #[path = "../tests/support/mod.rs"]
@@ -593,6 +595,13 @@ fn main() {
         .set(std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect())
         .expect("set once");
     let server = support::RedisServer::start().expect("the Redis comparisons need redis-server");
+    // Six nodes (3 primaries, 3 replicas) on free ports, only when a `cluster/` group runs.
+    #[cfg(feature = "redis-cluster")]
+    let cluster = if wants("cluster/") {
+        support::cluster::Cluster::start()
+    } else {
+        None
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -769,5 +778,220 @@ fn main() {
                      async move { p.query_async::<Vec<Vec<Option<Vec<u8>>>>>(&mut c).await.unwrap(); } },
                 || { let (reg, fleet) = (backend.registry(), &fleet); async move { assert_eq!(reg.list(Some(fleet)).await.unwrap().len(), 10_000); } }).await;
         }
+
+        #[cfg(feature = "redis-cluster")]
+        if let Some(cluster) = &cluster {
+            cluster_groups(cluster, &codec, &env).await;
+        }
     });
+}
+
+/// The `cluster/` groups: fleetwire's `redis+cluster://` backend against raw
+/// redis-rs `cluster_async` (one `ClusterConnection`, i.e. one multiplexed
+/// connection per node), on a private 6-node cluster.
+#[cfg(feature = "redis-cluster")]
+async fn cluster_groups(cluster: &support::cluster::Cluster, codec: &Codec, env: &Envelope) {
+    let url = cluster.url();
+    let backend = RedisBackend::builder().url(&url).max_len(10_000).build().unwrap();
+    let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
+    let raw = redis::cluster::ClusterClient::new(nodes)
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap();
+    let bus = backend.bus();
+    let body = codec.encode(env).unwrap();
+    // One hash tag: both streams live on the same primary.
+    let (raw_s, fw_s) = ("{bench}:raw", StreamName::new("{bench}:fw").unwrap());
+
+    if wants("cluster/publish/sequential") {
+        compare(
+            "cluster/publish/sequential",
+            "ops/s ≥ 0.9× raw, i.e. ≤ 1.11×",
+            200,
+            || {
+                let (mut c, cmd) = (raw.clone(), raw_xadd(raw_s, &body));
+                async move {
+                    cmd.query_async::<String>(&mut c).await.unwrap();
+                }
+            },
+            || async {
+                bus.publish(&fw_s, env).await.unwrap();
+            },
+        )
+        .await;
+    }
+    if wants("cluster/publish/concurrent") {
+        compare(
+            "cluster/publish/concurrent (50 at once)",
+            "ops/s ≥ 0.9× raw, i.e. ≤ 1.11×",
+            20,
+            || {
+                let (raw, body) = (raw.clone(), &body);
+                async move {
+                    join_all((0..50).map(|_| {
+                        let (mut c, cmd) = (raw.clone(), raw_xadd(raw_s, body));
+                        async move { cmd.query_async::<String>(&mut c).await.unwrap() }
+                    }))
+                    .await;
+                }
+            },
+            || async {
+                join_all((0..50).map(|_| bus.publish(&fw_s, env)))
+                    .await
+                    .into_iter()
+                    .for_each(|r| {
+                        r.unwrap();
+                    });
+            },
+        )
+        .await;
+    }
+    if wants("cluster/liveness/is_alive_batch_10k") {
+        let live = backend.liveness();
+        // `sg:liveness:rt-{i}`: no hash tag, so the 10,000 keys fall in ~7,000 slots on all 3 primaries.
+        let ids: Vec<InstanceId> = (0..10_000)
+            .map(|i| InstanceId::new(format!("rt-{i}")).unwrap())
+            .collect();
+        let half: Vec<&InstanceId> = ids.iter().step_by(2).collect();
+        for chunk in half.chunks(500) {
+            for r in join_all(chunk.iter().map(|id| live.touch(id, Duration::from_secs(600)))).await {
+                r.unwrap();
+            }
+        }
+        let keys: Vec<String> = ids.iter().map(|i| format!("sg:liveness:{i}")).collect();
+        let alive = live.is_alive_batch(&ids).await.unwrap();
+        assert_eq!(alive.iter().filter(|a| **a).count(), 5_000);
+        // Raw: one MGET of all 10,000 keys; redis-rs routes it as one MGET per
+        // slot, all in flight at once on each node's multiplexed connection,
+        // and reassembles the reply in key order.
+        compare(
+            "cluster/liveness/is_alive_batch_10k vs MGET (redis-rs splits per slot)",
+            "ops/s ≥ 0.9× raw, i.e. ≤ 1.11×",
+            3,
+            || {
+                let mut c = raw.clone();
+                let cmd = {
+                    let mut m = redis::cmd("MGET");
+                    m.arg(&keys);
+                    m
+                };
+                async move {
+                    let v = cmd.query_async::<Vec<Option<String>>>(&mut c).await.unwrap();
+                    assert_eq!(v.len(), 10_000);
+                }
+            },
+            || async {
+                live.is_alive_batch(&ids).await.unwrap();
+            },
+        )
+        .await;
+        // Raw, by hand: keys grouped by slot (CRC16), one MGET per slot, one
+        // pipeline per primary (from one `CLUSTER SLOTS`, untimed), all three
+        // at once, replies put back in key order: what fleetwire does.
+        let owners = primaries(&mut raw.clone()).await;
+        compare(
+            "cluster/liveness/is_alive_batch_10k vs MGET per slot, pipelined per primary",
+            "ops/s ≥ 0.9× raw, i.e. ≤ 1.11×",
+            3,
+            || {
+                let (raw, keys, owners) = (raw.clone(), &keys, &owners);
+                async move {
+                    let mut by_slot: BTreeMap<u16, Vec<usize>> = BTreeMap::new();
+                    for (i, k) in keys.iter().enumerate() {
+                        by_slot.entry(key_slot(k.as_bytes())).or_default().push(i);
+                    }
+                    let mut per_node: Vec<(u16, redis::Pipeline, Vec<Vec<usize>>)> = owners
+                        .iter()
+                        .map(|(first, _)| (*first, redis::pipe(), Vec::new()))
+                        .collect();
+                    for (slot, at) in by_slot {
+                        let node = owners
+                            .iter()
+                            .position(|(_, r)| r.iter().any(|r| r.contains(&slot)))
+                            .unwrap();
+                        let mut m = redis::cmd("MGET");
+                        for &i in &at {
+                            m.arg(&keys[i]);
+                        }
+                        per_node[node].1.add_command(m);
+                        per_node[node].2.push(at);
+                    }
+                    let mut out: Vec<bool> = vec![false; keys.len()];
+                    let replies = join_all(per_node.into_iter().filter(|(_, p, _)| !p.is_empty()).map(
+                        |(first, p, at)| {
+                            let mut c = raw.clone();
+                            async move {
+                                let n = p.len();
+                                let route = redis::cluster_routing::SingleNodeRoutingInfo::SpecificNode(
+                                    redis::cluster_routing::Route::new(
+                                        first,
+                                        redis::cluster_routing::SlotAddr::Master,
+                                    ),
+                                );
+                                (c.route_pipeline(p, 0, n, route).await.unwrap(), at)
+                            }
+                        },
+                    ))
+                    .await;
+                    for (values, at) in replies {
+                        for (v, at) in values.into_iter().zip(at) {
+                            let redis::Value::Array(v) = v else {
+                                panic!("MGET reply {v:?}")
+                            };
+                            for (v, i) in v.into_iter().zip(at) {
+                                out[i] = !matches!(v, redis::Value::Nil);
+                            }
+                        }
+                    }
+                    assert_eq!(out.iter().filter(|a| **a).count(), 5_000);
+                }
+            },
+            || async {
+                live.is_alive_batch(&ids).await.unwrap();
+            },
+        )
+        .await;
+    }
+}
+
+/// Each primary's first slot and slot ranges, from `CLUSTER SLOTS`.
+#[cfg(feature = "redis-cluster")]
+async fn primaries(
+    c: &mut redis::cluster_async::ClusterConnection,
+) -> Vec<(u16, Vec<std::ops::RangeInclusive<u16>>)> {
+    let reply: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query_async(c).await.unwrap();
+    let mut by_node: BTreeMap<String, Vec<std::ops::RangeInclusive<u16>>> = BTreeMap::new();
+    for r in reply {
+        let redis::Value::Array(r) = r else {
+            panic!("CLUSTER SLOTS entry {r:?}")
+        };
+        let slot = |v: &redis::Value| match v {
+            redis::Value::Int(i) => *i as u16,
+            v => panic!("slot {v:?}"),
+        };
+        let (a, b) = (slot(&r[0]), slot(&r[1]));
+        let redis::Value::Array(node) = &r[2] else {
+            panic!("node {:?}", r[2])
+        };
+        by_node.entry(format!("{:?}", node[1])).or_default().push(a..=b);
+    }
+    by_node.into_values().map(|r| (*r[0].start(), r)).collect()
+}
+
+/// Redis Cluster's hash slot of a key without a hash tag: CRC16/XMODEM mod 16384.
+#[cfg(feature = "redis-cluster")]
+fn key_slot(key: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &b in key {
+        crc ^= (b as u16) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
 }

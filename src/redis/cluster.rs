@@ -442,8 +442,14 @@ impl ConnectionLike for Routed {
             let mut conn = self.conn.clone();
             return Box::pin(async move { conn.route_command(cmd.clone(), route).await });
         }
-        let multi_slot_mget =
-            matches!(part_of(cmd), Part::Alone) && split_mget(cmd).is_some_and(|p| p.len() > 1);
+        // An `MGET` of two or more keys that is not single-slot spans slots
+        // (checked without splitting it: that happens once, below).
+        let multi_slot_mget = cmd.args_iter().nth(2).is_some()
+            && cmd
+                .args_iter()
+                .next()
+                .is_some_and(|a| matches!(a, redis::Arg::Simple(n) if n.eq_ignore_ascii_case(b"MGET")))
+            && matches!(part_of(cmd), Part::Alone);
         if multi_slot_mget {
             // One MGET per slot, sent as one pipeline per primary.
             let mut this = self.clone();
