@@ -203,79 +203,43 @@ impl Routed {
         Some(owners)
     }
 
-    /// Run one group as one pipeline on its primary. The commands move into
-    /// that pipeline (10,000 ids are as many one-slot `MGET`s), so `None`
-    /// when a reply says the slot map moved (or the node failed): the map
-    /// is forgotten and the caller rebuilds the group's commands to resend
-    /// them slot by slot.
-    async fn run_group(
-        &self,
-        group: Vec<Unit>,
-    ) -> redis::RedisResult<Result<Vec<(Dest, Value)>, Vec<(u16, Dest)>>> {
+    /// Run one group: as one pipeline on its primary; when a reply says the
+    /// slot map moved (or the node failed), forget the map and run the
+    /// group's commands slot by slot, which redis-rs redirects itself.
+    async fn run_group(&self, group: Vec<Unit>) -> redis::RedisResult<Vec<(Unit, Value)>> {
         let mut c = self.conn.clone();
+        let mut sub = redis::pipe();
+        for u in &group {
+            sub.add_command(u.cmd.clone());
+        }
         let n = group.len();
         let route = SingleNodeRoutingInfo::SpecificNode(Route::new(group[0].slot, SlotAddr::Master));
-        let mut sub = redis::pipe();
-        let mut meta = Vec::with_capacity(n);
-        for u in group {
-            sub.add_command(u.cmd);
-            meta.push((u.slot, u.dest));
-        }
+        let first = c.route_pipeline(sub, 0, n, route).await;
         let moved = |v: &Value| matches!(v, Value::ServerError(e) if matches!(e.code(), "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN"));
-        match c.route_pipeline(sub, 0, n, route).await {
+        match first {
             Ok(values) if values.len() == n && !values.iter().any(moved) => {
-                Ok(Ok(meta.into_iter().map(|(_, dest)| dest).zip(values).collect()))
+                return Ok(group.into_iter().zip(values).collect());
             }
-            _ => {
-                *self.owners.lock() = None;
-                Ok(Err(meta))
-            }
+            _ => *self.owners.lock() = None,
         }
-    }
-
-    /// Resend commands slot by slot, each slot's as one pipeline that
-    /// redis-rs routes (and redirects) itself.
-    async fn run_by_slot(&self, units: Vec<Unit>) -> redis::RedisResult<Vec<(Dest, Value)>> {
-        let mut by_slot: HashMap<u16, (Pipeline, Vec<Dest>)> = HashMap::new();
-        for u in units {
-            let (pipe, dests) = by_slot
-                .entry(u.slot)
-                .or_insert_with(|| (redis::pipe(), Vec::new()));
-            pipe.add_command(u.cmd);
-            dests.push(u.dest);
+        let mut by_slot: HashMap<u16, Vec<Unit>> = HashMap::new();
+        for u in group {
+            by_slot.entry(u.slot).or_default().push(u);
         }
-        let runs = by_slot.into_values().map(|(pipe, dests)| {
+        let runs = by_slot.into_values().map(|units| {
             let mut c = self.conn.clone();
             async move {
-                let n = dests.len();
-                c.req_packed_commands(&pipe, 0, n)
+                let mut sub = redis::pipe();
+                for u in &units {
+                    sub.add_command(u.cmd.clone());
+                }
+                let n = units.len();
+                c.req_packed_commands(&sub, 0, n)
                     .await
-                    .map(|values| dests.into_iter().zip(values).collect::<Vec<_>>())
+                    .map(|values| units.into_iter().zip(values).collect::<Vec<_>>())
             }
         });
         Ok(try_join_all(runs).await?.into_iter().flatten().collect())
-    }
-
-    /// A group, and when its slot map was stale, its commands again slot by slot.
-    async fn run_group_or_by_slot(
-        &self,
-        group: Vec<Unit>,
-        cmds: &[&Cmd],
-    ) -> redis::RedisResult<Vec<(Dest, Value)>> {
-        match self.run_group(group).await? {
-            Ok(done) => Ok(done),
-            Err(meta) => {
-                let units = meta
-                    .into_iter()
-                    .map(|(slot, dest)| Unit {
-                        cmd: dest.command(cmds),
-                        slot,
-                        dest,
-                    })
-                    .collect();
-                self.run_by_slot(units).await
-            }
-        }
     }
 }
 
@@ -364,23 +328,6 @@ enum Dest {
     Whole(usize),
     /// Part of the reply of the `MGET` at `i`: the values at these positions.
     Part(usize, Vec<usize>),
-}
-
-impl Dest {
-    /// The command this reply answers, rebuilt from the pipeline's commands.
-    fn command(&self, cmds: &[&Cmd]) -> Cmd {
-        match self {
-            Dest::Whole(i) => cmds[*i].clone(),
-            Dest::Part(i, at) => {
-                let keys: Vec<&[u8]> = keys_of(cmds[*i]);
-                let mut mget = redis::cmd("MGET");
-                for pos in at {
-                    mget.arg(keys[*pos]);
-                }
-                mget
-            }
-        }
-    }
 }
 
 /// A multi-slot `MGET` as one `MGET` per slot, with the positions of its keys.
@@ -561,9 +508,7 @@ impl ConnectionLike for Routed {
         Box::pin(async move {
             let owners = this.owners().await;
             let groups = group_units(units, owners.as_deref());
-            let piped = groups
-                .into_iter()
-                .map(|group| this.run_group_or_by_slot(group, &cmds));
+            let piped = groups.into_iter().map(|group| this.run_group(group));
             let single = alone.into_iter().map(|i| {
                 let mut c = this.conn.clone();
                 let cmd = cmds[i];
@@ -572,8 +517,8 @@ impl ConnectionLike for Routed {
             let (piped, single) = futures_util::future::join(try_join_all(piped), try_join_all(single)).await;
             let mut out = vec![Value::Nil; count];
             let mut parts: HashMap<usize, Vec<Value>> = HashMap::new();
-            for (dest, value) in piped?.into_iter().flatten() {
-                match dest {
+            for (unit, value) in piped?.into_iter().flatten() {
+                match unit.dest {
                     Dest::Whole(i) => out[i] = value,
                     Dest::Part(i, at) => {
                         let whole = parts.entry(i).or_insert_with(|| vec![Value::Nil; mget_len[&i]]);
