@@ -35,6 +35,9 @@ local out, deleted = {{}}, {{}}
 local function consider(row)
   local id = row[1]
   local nb = tonumber(redis.call('HGET', due, id) or '0')
+  -- Times are whole ms, cut down: due only once `now` has passed `nb`, so
+  -- the delay is never shortened by the part of a ms `now` dropped.
+  if nb > 0 then nb = nb + 1 end
   if nb > now then
     local at = nb - min_idle
     if at > now then at = now end
