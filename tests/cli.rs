@@ -565,3 +565,58 @@ fn wrong_password_is_refused_credentials_without_the_password() {
     let ok_url = format!("redis://:right-one@127.0.0.1:{}", server.port);
     assert_eq!(json(&ok_url, &["members"]), serde_json::json!([]));
 }
+
+/// Publish one entry to each of `streams` through `url`'s backend.
+async fn publish_each(url: &str, streams: &[String]) {
+    let bus = RedisBackend::builder().url(url).build().unwrap().bus();
+    for s in streams {
+        bus.publish(&name(StreamName::new(s.as_str())), &Envelope::new("x"))
+            .await
+            .unwrap();
+    }
+}
+
+/// The stream names `fleetwire streams --json` printed.
+fn listed_streams(url: &str) -> Vec<String> {
+    let v = json(url, &["streams"]);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["stream"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The CLI takes the same URLs as the library: on a Cluster it lists the
+/// streams of every primary, on Sentinel those of the current primary; a
+/// stream key no fleetwire call could address is skipped, not fatal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_over_cluster_and_sentinel_urls() {
+    let Some(cluster) = support::cluster::Cluster::start() else {
+        return;
+    };
+    let names: Vec<String> = (0..24).map(|i| format!("orders-{i}")).collect();
+    publish_each(&cluster.url(), &names).await;
+    let holders: std::collections::BTreeSet<usize> =
+        names.iter().filter_map(|n| cluster.primary_of(n)).collect();
+    assert!(
+        holders.len() >= 2,
+        "the streams landed on {holders:?}: not spread"
+    );
+    let bad = "bad stream";
+    let owner = &cluster.nodes[cluster.primary_of(bad).expect("an owner")];
+    assert!(owner.cmd(&["XADD", bad, "*", "k", "v"]).starts_with('$'));
+    let plain = &cluster.nodes[cluster.primary_of("plain").expect("an owner")];
+    assert!(plain.cmd(&["SET", "plain", "v"]).starts_with("+OK"));
+    let mut want = names.clone();
+    want.sort();
+    assert_eq!(listed_streams(&cluster.url()), want, "on the Cluster");
+    ok(&cluster.url(), &["status"]);
+    drop(cluster);
+
+    let Some(set) = support::sentinel::SentinelSet::start() else {
+        return;
+    };
+    publish_each(&set.url(), &names[..3]).await;
+    assert_eq!(listed_streams(&set.url()), names[..3].to_vec(), "on Sentinel");
+    ok(&set.url(), &["status"]);
+}

@@ -430,3 +430,25 @@ async fn a_sentinel_url_without_the_feature_names_the_feature() {
     assert!(err.to_string().contains("`redis-sentinel` feature"), "{err}");
     assert!(!err.to_string().contains("pw@"), "{err}");
 }
+
+/// `stream_names` pages through the whole keyspace and lists only streams,
+/// sorted; keys no stream name could address are skipped, not fatal.
+#[tokio::test]
+async fn stream_names_lists_every_stream_and_skips_unaddressable_keys() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let redis = backend(&server);
+    assert!(redis.stream_names().await.unwrap().is_empty());
+    // More streams than one SCAN page, among more plain keys.
+    let script = "for i = 1, 2500 do redis.call('XADD', 'st:' .. i, '*', 'k', 'v'); \
+                  redis.call('SET', 'plain:' .. i, 'v') end";
+    server.cmd(&["EVAL", script, "0"]);
+    server.cmd(&["XADD", "bad stream", "*", "k", "v"]);
+    server.cmd(&["XADD", "glob*", "*", "k", "v"]);
+    let names = redis.stream_names().await.unwrap();
+    let mut want: Vec<String> = (1..=2500).map(|i| format!("st:{i}")).collect();
+    want.sort();
+    let got: Vec<&str> = names.iter().map(|n| n.as_str()).collect();
+    assert_eq!(got, want);
+}

@@ -71,19 +71,6 @@ impl TlsFiles {
         }
         tls
     }
-
-    fn raw_client(&self, url: &str) -> redis::RedisResult<redis::Client> {
-        redis::Client::build_with_tls(
-            url,
-            redis::TlsCertificates {
-                client_tls: self.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
-                    client_cert: cert.clone(),
-                    client_key: key.clone(),
-                }),
-                root_cert: self.ca.clone(),
-            },
-        )
-    }
 }
 
 /// What a command works with.
@@ -93,8 +80,8 @@ pub(crate) struct Ctx {
     pub(crate) namespace: String,
     pub(crate) bus: Arc<dyn EventBus>,
     pub(crate) registry: Arc<dyn RegistryStore>,
-    /// For what the crate's contracts do not offer: `SCAN TYPE stream`.
-    raw: redis::aio::MultiplexedConnection,
+    /// For what the crate's contracts do not offer: listing streams.
+    backend: RedisBackend,
     streams: Vec<String>,
 }
 
@@ -148,73 +135,36 @@ impl Ctx {
             )),
             _ => unreachable(&e),
         })?;
-        let client = match &tls {
-            Some(tls) => tls.raw_client(&url),
-            None => redis::Client::open(url.as_str()),
-        }
-        .map_err(|e| unreachable(&e))?;
-        let raw = tokio::time::timeout(CONNECT_TIMEOUT, client.get_multiplexed_async_connection())
-            .await
-            .map_err(|_| unreachable(&"connect timed out"))?
-            .map_err(|e| unreachable(&e))?;
         Ok(Self {
             json: g.json,
             url: shown,
             namespace,
             bus: Arc::new(backend.bus()),
             registry: Arc::new(backend.registry()),
-            raw,
+            backend,
             streams: g.streams.clone(),
         })
     }
 
-    fn raw_err(&self, what: &str, e: redis::RedisError) -> Failure {
-        Failure::Runtime(format!("{what} on {} failed: {e}", self.url))
-    }
-
     /// The streams asked for with `--stream`, else every stream key of the
-    /// database (`SCAN TYPE stream`: the crate has no "list streams" call,
-    /// and stream keys are not namespaced), sorted.
+    /// database (stream keys are not namespaced), sorted.
     pub(crate) async fn streams(&self) -> Result<Vec<StreamName>, Failure> {
-        let names = if self.streams.is_empty() {
-            self.scan_streams().await?
-        } else {
-            self.streams.clone()
-        };
-        names
-            .into_iter()
-            .map(|s| StreamName::new(s).map_err(Failure::from))
-            .collect()
+        if !self.streams.is_empty() {
+            return self
+                .streams
+                .iter()
+                .map(|s| StreamName::new(s.as_str()).map_err(Failure::from))
+                .collect();
+        }
+        self.backend
+            .stream_names()
+            .await
+            .map_err(|e| Failure::Runtime(format!("listing streams on {} failed: {e}", self.url)))
     }
 
     /// Whether `--stream` named the streams (then a missing one is an error).
     pub(crate) fn streams_named(&self) -> bool {
         !self.streams.is_empty()
-    }
-
-    async fn scan_streams(&self) -> Result<Vec<String>, Failure> {
-        let mut conn = self.raw.clone();
-        let mut cursor: u64 = 0;
-        let mut out = Vec::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(1000)
-                .arg("TYPE")
-                .arg("stream")
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.raw_err("SCAN TYPE stream", e))?;
-            out.extend(keys);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
-        out.sort();
-        out.dedup();
-        Ok(out)
     }
 }
 

@@ -203,6 +203,38 @@ impl Routed {
         Some(owners)
     }
 
+    /// One route per primary (by the first slot it serves), for commands
+    /// every primary must answer, such as `SCAN`.
+    pub(crate) async fn each_primary(&self) -> redis::RedisResult<Vec<RoutingInfo>> {
+        let owners = self.owners().await.ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "no slot map",
+                "CLUSTER SLOTS gave no usable reply".to_owned(),
+            ))
+        })?;
+        let mut seen = std::collections::HashSet::new();
+        Ok(owners
+            .node_of
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, node)| {
+                let node = (*node)?;
+                seen.insert(node).then(|| {
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+                        slot as u16,
+                        SlotAddr::Master,
+                    )))
+                })
+            })
+            .collect())
+    }
+
+    /// The cluster connection, for a command routed by the caller.
+    pub(crate) fn connection(&self) -> ClusterConnection {
+        self.conn.clone()
+    }
+
     /// Run one group: as one pipeline on its primary; when a reply says the
     /// slot map moved (or the node failed), forget the map and run the
     /// group's commands slot by slot, which redis-rs redirects itself.

@@ -38,6 +38,7 @@ mod keys;
 mod liveness;
 pub mod parse;
 mod registry;
+mod scan;
 mod scripts;
 #[cfg(feature = "redis-sentinel")]
 mod sentinel;
