@@ -589,3 +589,33 @@ async fn from_env_takes_a_sentinel_url() {
         .unwrap();
     assert_eq!(raw(set.primary.port, &["XLEN", "env"]).unwrap().trim(), ":1");
 }
+
+/// The Sentinels name a primary that hangs (SIGSTOP): `build` still returns
+/// within the connect timeout, calls fail fast as temporary, and once the
+/// primary answers again the backend uses it without a rebuild.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_primary_at_build_costs_at_most_the_connect_timeout() {
+    let Some(set) = SentinelSet::start() else {
+        return;
+    };
+    set.primary.pause();
+    let started = Instant::now();
+    let redis = RedisBackend::builder()
+        .url(set.url())
+        .connect_timeout(Duration::from_millis(300))
+        .build()
+        .expect("build succeeds while the primary hangs");
+    let took = started.elapsed();
+    let err = redis.ping().await.unwrap_err();
+    set.primary.resume();
+    assert!(took < Duration::from_millis(300 + 200), "build took {took:?}");
+    assert!(err.is_temporary(), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while let Err(e) = redis.ping().await {
+        assert!(
+            Instant::now() < deadline,
+            "never reached the resumed primary: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -27,7 +27,7 @@ use redis::{
 };
 use std::{
     sync::{Arc, Weak},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// The URL scheme that selects Sentinel.
@@ -211,18 +211,17 @@ impl Target {
             .set_redis_settings(self.node.clone())
     }
 
-    /// Ask the Sentinels in turn, synchronously, each bounded by `timeout`,
-    /// for a primary that confirms its role. Used once, by `build`.
+    /// Ask the Sentinels in turn, synchronously, all within `timeout`, for a
+    /// primary that confirms its role. Used once, by `build`.
     fn discover_blocking(&self, timeout: Duration) -> std::result::Result<ConnectionAddr, String> {
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
         let mut why = String::from("no Sentinel answered");
         for s in &self.sentinels {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left < Duration::from_millis(1) {
+            if left(deadline).is_none() {
                 why = format!("{why}; no time left for the others within the connect timeout ({timeout:?})");
                 break;
             }
-            match self.ask_blocking(s, left) {
+            match self.ask_blocking(s, deadline) {
                 Ok(addr) => return Ok(addr),
                 Err(e) => why = format!("Sentinel {}:{}: {e}", s.0, s.1),
             }
@@ -230,17 +229,20 @@ impl Target {
         Err(why)
     }
 
-    fn ask_blocking(&self, s: &(String, u16), timeout: Duration) -> redis::RedisResult<ConnectionAddr> {
-        let mut c = redis::Client::open(self.sentinel_info(s))?.get_connection_with_timeout(timeout)?;
-        c.set_read_timeout(Some(timeout))?;
+    /// Ask one Sentinel, then check the role of the node it names; every
+    /// connect and read gets only what is left until `deadline`.
+    fn ask_blocking(&self, s: &(String, u16), deadline: Instant) -> redis::RedisResult<ConnectionAddr> {
+        let mut c = redis::Client::open(quick(self.sentinel_info(s)))?
+            .get_connection_with_timeout(time_left(deadline)?)?;
+        c.set_read_timeout(Some(time_left(deadline)?))?;
         let (host, port): (String, u16) = redis::cmd("SENTINEL")
             .arg("get-master-addr-by-name")
             .arg(&self.master)
             .query(&mut c)?;
         let addr = ConnectionAddr::Tcp(host, port);
-        let mut node =
-            redis::Client::open(self.node_info(addr.clone()))?.get_connection_with_timeout(timeout)?;
-        node.set_read_timeout(Some(timeout))?;
+        let mut node = redis::Client::open(quick(self.node_info(addr.clone())))?
+            .get_connection_with_timeout(time_left(deadline)?)?;
+        node.set_read_timeout(Some(time_left(deadline)?))?;
         let role: Vec<redis::Value> = redis::cmd("ROLE").query(&mut node)?;
         match role.first() {
             Some(redis::Value::BulkString(r)) if r == b"master" => Ok(addr),
@@ -250,6 +252,29 @@ impl Target {
             ))),
         }
     }
+}
+
+/// `info` without the `CLIENT SETINFO` handshake: redis-rs ignores its
+/// errors, timeouts included, so a hung server would cost one timeout per
+/// command of it.
+fn quick(info: ConnectionInfo) -> ConnectionInfo {
+    let redis = info.redis_settings().clone().set_skip_set_lib_name();
+    info.set_redis_settings(redis)
+}
+
+/// Time left until `deadline`, `None` below a millisecond (a zero timeout
+/// would mean "wait forever" to a socket).
+fn left(deadline: Instant) -> Option<Duration> {
+    Some(deadline.saturating_duration_since(Instant::now())).filter(|d| *d >= Duration::from_millis(1))
+}
+
+fn time_left(deadline: Instant) -> redis::RedisResult<Duration> {
+    left(deadline).ok_or_else(|| {
+        redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "the connect timeout ran out",
+        ))
+    })
 }
 
 /// Build the connection state for `target`: the primary the Sentinels name
@@ -400,7 +425,11 @@ async fn listen_switches(conn: Weak<Conn>, target: Arc<Target>) {
         next += 1;
         if let Ok(client) = redis::Client::open(target.sentinel_info(s)) {
             if let Ok(Ok(mut pubsub)) = rt::timeout(Duration::from_secs(2), client.get_async_pubsub()).await {
-                if pubsub.subscribe("+switch-master").await.is_ok() {
+                // A Sentinel that accepts the connection but never answers
+                // must not hold this task (and its socket) forever.
+                let subscribed =
+                    rt::timeout(Duration::from_secs(2), pubsub.subscribe("+switch-master")).await;
+                if matches!(subscribed, Ok(Ok(()))) {
                     let mut messages = pubsub.on_message();
                     loop {
                         // Wake up now and then to notice a dropped backend.

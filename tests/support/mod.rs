@@ -179,6 +179,26 @@ impl RedisServer {
         }
     }
 
+    /// `SIGSTOP` the server: connections are still accepted by the kernel,
+    /// nothing is answered, until [`resume`](Self::resume).
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// `SIGCONT` a [paused](Self::pause) server.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("a running server").id().to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid} failed");
+    }
+
     /// The server's working directory, where its AOF and RDB files live;
     /// [`restart`](Self::restart) starts the new process on the same one (and
     /// the same port and arguments), so with `--appendonly yes` it reloads the data.
