@@ -254,6 +254,8 @@ where
         worst = worst.max(start.elapsed());
         assert_eq!(err.kind(), ErrorKind::Unavailable, "{err}");
         assert!(err.is_temporary(), "{err:?}");
+        // Failed by the marked-down short cut, not by a round trip.
+        assert!(chain(&err).contains("calls fail fast"), "{}", chain(&err));
     }
     worst
 }
@@ -294,7 +296,9 @@ async fn hung_redis_times_out_within_the_default_then_calls_fail_fast() {
     worst = worst.max(slowest_fast_fail(20, || reg.ping()).await);
     worst = worst.max(slowest_fast_fail(20, || redis.ping()).await);
     println!("slowest of 180 calls while marked unavailable: {worst:?}");
-    assert!(worst < Duration::from_millis(50), "fast fail took {worst:?}");
+    // Without the short cut each call would wait the 2 s response timeout;
+    // the bound leaves room for a loaded machine.
+    assert!(worst < Duration::from_millis(500), "fast fail took {worst:?}");
     let err = reg.list(None).await.unwrap_err();
     assert!(
         err.to_string()
@@ -332,7 +336,7 @@ async fn response_timeout_is_configurable() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_redis_is_seen_again_within_a_second_of_answering() {
+async fn killed_redis_is_seen_again_soon_after_answering() {
     let Some(mut server) = RedisServer::start() else {
         return;
     };
@@ -346,7 +350,7 @@ async fn killed_redis_is_seen_again_within_a_second_of_answering() {
     let x = id("x");
     let worst = slowest_fast_fail(50, || live.touch(&x, TTL)).await;
     println!("while Redis is down, slowest of 50 calls: {worst:?}");
-    assert!(worst < Duration::from_millis(50), "{worst:?}");
+    assert!(worst < Duration::from_millis(500), "{worst:?}");
     // Down long enough for the probe to have failed a few times.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert!(!redis.available());
@@ -365,7 +369,8 @@ async fn killed_redis_is_seen_again_within_a_second_of_answering() {
         "available again {seen:?} after the restarted Redis answered ({:?} after the restart began)",
         restart.elapsed()
     );
-    assert!(seen <= Duration::from_secs(1), "{seen:?}");
+    // A 250 ms probe plus the reconnect's back-off, with room for a loaded machine.
+    assert!(seen <= Duration::from_secs(2), "{seen:?}");
     live.touch(&id("x"), TTL).await.unwrap();
     assert_eq!(live.is_alive_batch(&[id("x")]).await.unwrap(), [true]);
     reg.register(&inst("api", "api-1"), TTL).await.unwrap();

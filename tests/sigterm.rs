@@ -23,8 +23,9 @@ use std::{
 const DRAIN: Duration = Duration::from_millis(500);
 /// Exit after SIGTERM during boot must come within this.
 const PROMPT: Duration = Duration::from_secs(1);
-/// Out of the registry after SIGTERM while running within this.
-const WITHDRAW_WITHIN: Duration = Duration::from_millis(100);
+/// Out of the registry after SIGTERM while running within this: half the
+/// drain, with room for a loaded machine (the clock includes forking `kill`).
+const WITHDRAW_WITHIN: Duration = Duration::from_millis(250);
 
 struct Probe {
     slow_start: bool,

@@ -69,13 +69,14 @@ struct Pel {
     /// Idle time counts from here; 0 after a release, so it is claimable at once.
     delivered_at_ms: u64,
     count: u64,
-    /// Set by [`Release::RetryAfter`]: not claimable before this time.
+    /// Set by [`Release::RetryAfter`]: claimable only once the clock has
+    /// passed this time, so ms truncation never shortens the delay.
     not_before_ms: Option<u64>,
 }
 
 impl Pel {
     fn claimable(&self, now: u64, min_idle_ms: u64) -> bool {
-        now.saturating_sub(self.delivered_at_ms) >= min_idle_ms && self.not_before_ms.is_none_or(|t| t <= now)
+        now.saturating_sub(self.delivered_at_ms) >= min_idle_ms && self.not_before_ms.is_none_or(|t| t < now)
     }
 }
 

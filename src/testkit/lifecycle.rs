@@ -316,8 +316,9 @@ async fn shutdown_handle(registry: Arc<dyn RegistryStore>) -> CaseResult {
 struct Drains(Log);
 
 const DRAIN: Duration = Duration::from_millis(500);
-/// How soon after the trigger the instance must be out of rotation.
-const WITHDRAW_WITHIN: Duration = Duration::from_millis(100);
+/// How soon after the trigger the instance must be out of rotation: half
+/// the drain, with room for a loaded machine or a remote store.
+const WITHDRAW_WITHIN: Duration = Duration::from_millis(250);
 
 #[async_trait]
 impl Service for Drains {
