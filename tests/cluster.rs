@@ -60,6 +60,7 @@ async fn conformance_on_tokio() {
     topics(&redis).await;
     alive_batch_over_all_slots(&cluster, &redis).await;
     dead_letter_across_slots(&redis).await;
+    cancelled_reads_are_unblocked_at_once(&redis).await;
     acknowledged_publish(&cluster).await;
     from_env(&cluster).await;
 }
@@ -179,6 +180,56 @@ async fn dead_letter_across_slots(redis: &RedisBackend) {
         .unwrap();
     assert_eq!(again, None);
     assert_eq!(bus.stream_info(&dlq).await.unwrap().length, 1);
+}
+
+/// A blocking read dropped by its caller is unblocked on its primary at
+/// once (`CLIENT UNBLOCK` routed there), for streams in several slots: the
+/// next entry goes straight to the live consumer, delivered once, with no
+/// detour through the abandoned one (the conformance case also accepts a
+/// backend that can only release such an entry afterwards).
+async fn cancelled_reads_are_unblocked_at_once(redis: &RedisBackend) {
+    let bus = redis.bus();
+    let group = GroupName::new("g").unwrap();
+    let (a, b) = (ConsumerName::new("a").unwrap(), ConsumerName::new("b").unwrap());
+    for name in ["cancel-1", "cancel-2", "cancel-3", "cancel-4"] {
+        let stream = StreamName::new(name).unwrap();
+        bus.ensure_group(&stream, &group, StartFrom::Latest)
+            .await
+            .unwrap();
+        // Twice: a fresh blocking connection, then one taken from the free list.
+        for round in 0..2 {
+            let abandoned = tokio::time::timeout(
+                Duration::from_millis(100),
+                bus.read(
+                    &stream,
+                    &group,
+                    &a,
+                    ReadOptions::count(10).block(Duration::from_secs(3)),
+                ),
+            )
+            .await;
+            assert!(abandoned.is_err(), "{name}: the read returned early");
+            let id = bus.publish(&stream, &Envelope::new("x")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let got = bus
+                .read(
+                    &stream,
+                    &group,
+                    &b,
+                    ReadOptions::count(10).block(Duration::from_secs(1)),
+                )
+                .await
+                .unwrap();
+            let counts: Vec<_> = got.iter().map(|d| (d.id, d.delivery_count)).collect();
+            assert_eq!(counts, [(id, 1)], "{name}, round {round}: b read {counts:?}");
+            let pending = bus.pending(&stream, &group).await.unwrap();
+            assert_eq!(
+                pending.consumers,
+                std::collections::BTreeMap::from([("b".to_string(), round + 1)]),
+                "{name}, round {round}"
+            );
+        }
+    }
 }
 
 /// `publish_replicas` on Cluster: the `WAIT` runs on the stream's primary.

@@ -586,11 +586,40 @@ impl ConnectionLike for Routed {
 /// Blocking reads on Cluster: a free list of cluster connections of their own.
 pub(crate) struct BlockingCluster {
     client: Box<ClusterClient>,
-    idle: Mutex<Vec<ClusterConnection>>,
+    idle: Mutex<Vec<Blocker>>,
     max_idle: usize,
     /// One client per seed node, for pub/sub, taken in turn.
     seeds: Vec<redis::Client>,
     next_seed: AtomicUsize,
+}
+
+/// A cluster connection for blocking reads, with the `CLIENT ID` of its
+/// connection to the primary serving each hash slot it has read from.
+struct Blocker {
+    conn: ClusterConnection,
+    ids: Vec<(u16, u64)>,
+}
+
+impl Blocker {
+    /// The `CLIENT ID` on the primary serving `hash_slot`, asked once.
+    async fn client_id(&mut self, hash_slot: u16) -> Result<u64, RedisError> {
+        if let Some((_, id)) = self.ids.iter().find(|(s, _)| *s == hash_slot) {
+            return Ok(*id);
+        }
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("ID");
+        let id = redis::from_redis_value(self.conn.route_command(cmd, primary_serving(hash_slot)).await?)?;
+        self.ids.push((hash_slot, id));
+        Ok(id)
+    }
+}
+
+/// Route to the primary serving `hash_slot`.
+pub(crate) fn primary_serving(hash_slot: u16) -> RoutingInfo {
+    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::new(
+        hash_slot,
+        SlotAddr::Master,
+    )))
 }
 
 impl BlockingCluster {
@@ -601,9 +630,11 @@ impl BlockingCluster {
     }
 
     /// Run `pipe` on a connection of its own, waiting up to `wait`; `None`
-    /// when `slot` was cancelled first. A read abandoned by its caller is
-    /// not unblocked early (a `CLIENT ID` names one node's connection
-    /// only): its connection waits out the block and is then dropped.
+    /// when `slot` was cancelled first. The connection's `CLIENT ID` on the
+    /// primary serving the pipeline's key (asked once per connection and
+    /// primary) goes into `slot`, so a read abandoned by its caller is
+    /// unblocked at once; should the slot have moved meanwhile, the read
+    /// waits out its block instead, and its connection is then dropped.
     pub(crate) async fn query(
         &self,
         pipe: &Pipeline,
@@ -611,28 +642,51 @@ impl BlockingCluster {
         slot: &CancelSlot,
     ) -> Result<Option<Vec<Value>>, RedisError> {
         let pooled = self.idle.lock().pop();
-        let mut c = match pooled {
-            Some(c) => c,
-            None => self.client.get_async_connection().await?,
+        let mut b = match pooled {
+            Some(b) => b,
+            None => Blocker {
+                conn: self.client.get_async_connection().await?,
+                ids: Vec::new(),
+            },
         };
-        if !slot.enter(0) {
+        let hash_slot = pipe
+            .cmd_iter()
+            .find_map(|c| keys_of(c).first().map(|k| slot_of(k)));
+        let entered = match hash_slot {
+            Some(hash_slot) => match rt::timeout(wait, b.client_id(hash_slot)).await {
+                Ok(Ok(id)) => slot.enter_on(hash_slot, id),
+                Ok(Err(e)) => return Err(e),
+                Err(rt::Elapsed) => return Err(no_reply(wait)),
+            },
+            None => slot.enter(0),
+        };
+        if !entered {
+            self.put_back(b);
             return Ok(None);
         }
-        let out = match rt::timeout(wait, pipe.query_async::<Vec<Value>>(&mut c)).await {
+        let out = match rt::timeout(wait, pipe.query_async::<Vec<Value>>(&mut b.conn)).await {
             Ok(out) => out,
-            Err(rt::Elapsed) => Err(RedisError::from(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no reply to a blocking read within {wait:?}"),
-            ))),
+            Err(rt::Elapsed) => Err(no_reply(wait)),
         };
         if out.is_ok() {
-            let mut idle = self.idle.lock();
-            if idle.len() < self.max_idle {
-                idle.push(c);
-            }
+            self.put_back(b);
         }
         out.map(Some)
     }
+
+    fn put_back(&self, b: Blocker) {
+        let mut idle = self.idle.lock();
+        if idle.len() < self.max_idle {
+            idle.push(b);
+        }
+    }
+}
+
+fn no_reply(wait: Duration) -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("no reply to a blocking read within {wait:?}"),
+    ))
 }
 
 #[cfg(test)]

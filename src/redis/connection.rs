@@ -22,7 +22,7 @@ use redis::{aio::ConnectionManager, aio::MultiplexedConnection, AsyncConnectionC
 use std::{
     future::Future,
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering::SeqCst},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst},
         Arc, Weak,
     },
     time::Duration,
@@ -199,19 +199,39 @@ impl Dedicated {
 pub(crate) struct CancelSlot {
     cancelled: AtomicBool,
     client_id: AtomicU64,
+    /// On Cluster: the hash slot whose primary serves the read, plus one
+    /// (0: not on Cluster). Stored before `client_id`.
+    hash_slot: AtomicU32,
+}
+
+/// Which connection a cancelled blocking read is blocked on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BlockedOn {
+    pub(crate) client_id: u64,
+    /// On Cluster, the hash slot whose primary holds the connection.
+    pub(crate) hash_slot: Option<u16>,
 }
 
 impl CancelSlot {
-    /// Mark cancelled; the id of the connection to unblock, if one is in use.
-    pub(crate) fn cancel(&self) -> Option<u64> {
+    /// Mark cancelled; the connection to unblock, if one is in use.
+    pub(crate) fn cancel(&self) -> Option<BlockedOn> {
         self.cancelled.store(true, SeqCst);
-        Some(self.client_id.load(SeqCst)).filter(|id| *id != 0)
+        let client_id = Some(self.client_id.load(SeqCst)).filter(|id| *id != 0)?;
+        let hash_slot = self.hash_slot.load(SeqCst).checked_sub(1).map(|s| s as u16);
+        Some(BlockedOn { client_id, hash_slot })
     }
 
     /// Publish `client_id`; false when the caller already stopped waiting.
     pub(crate) fn enter(&self, client_id: u64) -> bool {
         self.client_id.store(client_id, SeqCst);
         !self.cancelled.load(SeqCst)
+    }
+
+    /// [`enter`](Self::enter) for a connection to the primary serving `hash_slot`.
+    #[cfg(feature = "redis-cluster")]
+    pub(crate) fn enter_on(&self, hash_slot: u16, client_id: u64) -> bool {
+        self.hash_slot.store(u32::from(hash_slot) + 1, SeqCst);
+        self.enter(client_id)
     }
 }
 

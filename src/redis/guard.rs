@@ -7,11 +7,12 @@
 //! the unfinished call to a background task that waits for the reply and
 //! releases whatever it handed out ([`Release::Unhandled`](crate::Release)).
 //! A blocking read is also unblocked at once (`CLIENT UNBLOCK`, queued on the
-//! shared connection before the caller's next command), so its pooled
-//! connection is free again and the next entry goes to a live consumer.
+//! shared connection before the caller's next command; on Cluster, routed to
+//! the primary serving the read), so its connection is free again and the
+//! next entry goes to a live consumer.
 
-use super::connection::CancelSlot;
 use super::connection::Shared as ConnectionManager;
+use super::connection::{BlockedOn, CancelSlot};
 use crate::{error::Result, rt};
 use futures_util::future::BoxFuture;
 use std::{
@@ -66,8 +67,8 @@ impl<T: Send + 'static> Drop for Guarded<T> {
             return;
         };
         if let Some((slot, manager)) = self.unblock.take() {
-            if let Some(client_id) = slot.cancel() {
-                unblock(manager, client_id);
+            if let Some(on) = slot.cancel() {
+                unblock(manager, on);
             }
         }
         rt::spawn_detached(async move {
@@ -80,16 +81,24 @@ impl<T: Send + 'static> Drop for Guarded<T> {
 
 /// Queue `CLIENT UNBLOCK` now, so it reaches the server before anything the
 /// caller sends next on the shared connection; finish it in the background.
-fn unblock(manager: ConnectionManager, client_id: u64) {
+/// On Cluster it goes to the primary the read was sent to.
+fn unblock(manager: ConnectionManager, on: BlockedOn) {
     let mut send: BoxFuture<'static, ()> = Box::pin(async move {
-        let mut manager = manager;
-        let done = redis::cmd("CLIENT")
-            .arg("UNBLOCK")
-            .arg(client_id)
-            .query_async::<redis::Value>(&mut manager)
-            .await;
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("UNBLOCK").arg(on.client_id);
+        let done = match (manager, on.hash_slot) {
+            #[cfg(feature = "redis-cluster")]
+            (ConnectionManager::Cluster(routed), Some(hash_slot)) => routed
+                .connection()
+                .route_command(cmd, super::cluster::primary_serving(hash_slot))
+                .await
+                .map(drop),
+            #[cfg(feature = "redis-cluster")]
+            (ConnectionManager::Cluster(_), None) => return,
+            (mut manager, _) => cmd.query_async::<redis::Value>(&mut manager).await.map(drop),
+        };
         if let Err(e) = done {
-            tracing::debug!(event = "unblock_failed", client_id, error = %e);
+            tracing::debug!(event = "unblock_failed", client_id = on.client_id, error = %e);
         }
     });
     // The first poll writes the command into the connection's queue.
