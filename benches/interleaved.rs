@@ -982,16 +982,6 @@ async fn primaries(
 /// Redis Cluster's hash slot of a key without a hash tag: CRC16/XMODEM mod 16384.
 #[cfg(feature = "redis-cluster")]
 fn key_slot(key: &[u8]) -> u16 {
-    let mut crc: u16 = 0;
-    for &b in key {
-        crc ^= (b as u16) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
+    // Table-driven, as redis-rs computes it (the keys here have no hash tag).
+    crc16::State::<crc16::XMODEM>::calculate(key) % 16384
 }

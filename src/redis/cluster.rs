@@ -23,6 +23,7 @@
 use super::connection::{map_err, Blocking, CancelSlot, Conn, Endpoint, Settings, Shared};
 use crate::{
     error::{Error, Result},
+    name::InstanceId,
     rt,
 };
 use futures_util::future::try_join_all;
@@ -235,6 +236,94 @@ impl Routed {
         self.conn.clone()
     }
 
+    /// Whether each of the keys `prefix` + `ids` exists, for a liveness batch
+    /// over many slots: ids bucketed by slot, one `MGET` per slot, one
+    /// pipeline per primary, all at once, each reply read straight into
+    /// its place. `None` when the slot map is unknown, a node failed or a
+    /// reply says the map moved: the caller then takes the general path,
+    /// which reads the map again and retries slot by slot (and reports errors).
+    pub(crate) async fn exist(&self, prefix: &str, ids: &[InstanceId]) -> Option<Vec<bool>> {
+        let owners = self.owners().await?;
+        // Every key in one buffer, its slot beside it.
+        let mut bytes = Vec::with_capacity(ids.len() * (prefix.len() + 16));
+        let mut ends = Vec::with_capacity(ids.len());
+        let mut slots = Vec::with_capacity(ids.len());
+        for id in ids {
+            let start = bytes.len();
+            bytes.extend_from_slice(prefix.as_bytes());
+            bytes.extend_from_slice(id.as_str().as_bytes());
+            slots.push(slot_of(&bytes[start..]));
+            ends.push(bytes.len());
+        }
+        let key = |i: usize| &bytes[if i == 0 { 0 } else { ends[i - 1] }..ends[i]];
+        // Positions in slot order (a counting sort over the 16,384 slots).
+        let mut starts = vec![0u32; 16385];
+        for &slot in &slots {
+            starts[slot as usize + 1] += 1;
+        }
+        for i in 1..starts.len() {
+            starts[i] += starts[i - 1];
+        }
+        let mut order = vec![0u32; ids.len()];
+        let mut next = starts.clone();
+        for (i, &slot) in slots.iter().enumerate() {
+            order[next[slot as usize] as usize] = i as u32;
+            next[slot as usize] += 1;
+        }
+        // One pipeline per primary; each MGET covers a run of `order`.
+        let mut nodes: Vec<(u16, Pipeline, Vec<std::ops::Range<usize>>)> = Vec::new();
+        let mut node_index: HashMap<u16, usize> = HashMap::new();
+        for slot in 0..16384usize {
+            let run = starts[slot] as usize..starts[slot + 1] as usize;
+            if run.is_empty() {
+                continue;
+            }
+            let node = owners.node_of[slot]?;
+            let n = *node_index.entry(node).or_insert_with(|| {
+                nodes.push((slot as u16, redis::pipe(), Vec::new()));
+                nodes.len() - 1
+            });
+            let mut mget = redis::cmd("MGET");
+            for &i in &order[run.clone()] {
+                mget.arg(key(i as usize));
+            }
+            nodes[n].1.add_command(mget);
+            nodes[n].2.push(run);
+        }
+        let sends = nodes.into_iter().map(|(slot, pipe, runs)| {
+            let mut c = self.conn.clone();
+            async move {
+                let n = pipe.len();
+                let route = SingleNodeRoutingInfo::SpecificNode(Route::new(slot, SlotAddr::Master));
+                c.route_pipeline(pipe, 0, n, route)
+                    .await
+                    .map(|values| (values, runs))
+            }
+        });
+        let mut alive = vec![false; ids.len()];
+        for sent in futures_util::future::join_all(sends).await {
+            // A failed node or a stale map: the general path sorts it out.
+            let Ok((values, runs)) = sent else {
+                *self.owners.lock() = None;
+                return None;
+            };
+            if values.len() != runs.len() {
+                return None;
+            }
+            for (value, run) in values.into_iter().zip(runs) {
+                let Value::Array(items) = value else {
+                    // MOVED, ASK, TRYAGAIN, CLUSTERDOWN: the map is stale.
+                    *self.owners.lock() = None;
+                    return None;
+                };
+                for (item, &i) in items.iter().zip(&order[run]) {
+                    alive[i as usize] = !matches!(item, Value::Nil);
+                }
+            }
+        }
+        Some(alive)
+    }
+
     /// Run one group: as one pipeline on its primary; when a reply says the
     /// slot map moved (or the node failed), forget the map and run the
     /// group's commands slot by slot, which redis-rs redirects itself.
@@ -287,18 +376,7 @@ pub(crate) fn slot_of(key: &[u8]) -> u16 {
         })
         .filter(|tag| !tag.is_empty())
         .unwrap_or(key);
-    let mut crc: u16 = 0;
-    for byte in hashed {
-        crc ^= u16::from(*byte) << 8;
-        for _ in 0..8 {
-            crc = if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            };
-        }
-    }
-    crc % 16384
+    crc16::State::<crc16::XMODEM>::calculate(hashed) % 16384
 }
 
 /// Which primary serves each slot.

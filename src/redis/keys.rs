@@ -151,6 +151,12 @@ impl Keys {
         format!("{}{id}", self.liveness_prefix)
     }
 
+    /// What every liveness key starts with.
+    #[cfg(feature = "redis-cluster")]
+    pub(crate) fn liveness_prefix(&self) -> &str {
+        &self.liveness_prefix
+    }
+
     /// The liveness keys of `ids` as command arguments, each written straight
     /// into the command buffer (no `String` per key on the batch path).
     pub(crate) fn liveness_args<'a>(&'a self, ids: &'a [InstanceId]) -> PrefixedArgs<'a> {

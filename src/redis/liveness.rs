@@ -64,7 +64,24 @@ impl LivenessStore for RedisLiveness {
         }
         let what = || format!("liveness check of {} ids", ids.len());
         let mut conn = self.conn.manager();
-        let alive: Result<Vec<bool>> = if ids.len() <= MGET_CHUNK {
+        // On Cluster, over many slots: one pipeline per primary (None when
+        // the slot map needs the general path below).
+        #[cfg(feature = "redis-cluster")]
+        let fast = match &conn {
+            super::connection::Shared::Cluster(routed) if ids.len() > 1 => {
+                let exist = routed.exist(self.keys.liveness_prefix(), ids);
+                self.conn
+                    .run(what, async { Ok::<_, redis::RedisError>(exist.await) })
+                    .await
+                    .transpose()
+            }
+            _ => None,
+        };
+        #[cfg(not(feature = "redis-cluster"))]
+        let fast = None;
+        let alive: Result<Vec<bool>> = if let Some(fast) = fast {
+            fast
+        } else if ids.len() <= MGET_CHUNK {
             let mut mget = redis::cmd("MGET");
             mget.arg(self.keys.liveness_args(ids));
             self.conn
