@@ -125,8 +125,9 @@ impl Keys {
         format!("{}:registry:index:{}", self.ns, self.svc(service))
     }
 
-    /// Counter bumped whenever the members of `service`'s index change, so
-    /// a reader can keep the ids it read while the counter stays the same.
+    /// Version of `service`'s index, moved on whenever its members change
+    /// (see the registry's bump script), so a reader can keep the ids it
+    /// read while the version stays the same.
     pub(crate) fn index_version(&self, service: &ServiceName) -> String {
         format!("{}:registry:version:{}", self.ns, self.svc(service))
     }

@@ -17,17 +17,22 @@ use std::{
 /// Keys per `MGET` when listing; the chunks go out in one pipeline.
 const MGET_CHUNK: usize = 1000;
 
-/// Bumps an index's version counter. A new counter starts at the server's
-/// time in microseconds, so a counter lost (flushed, deleted) never comes
-/// back at a value a reader saw before; one overwritten with anything else
-/// is replaced the same way (it holds nothing but the version).
+/// Bumps an index's version: to the server's time in microseconds, or one
+/// past the old version when that is not below it. A version set back by a
+/// lost write (a failover under asynchronous replication, a restart without
+/// persistence) and bumped again so comes back at a new value, not at the
+/// one a reader may have cached with other ids (as a plain `INCR` would). Anything but a number in the key (it holds nothing
+/// but the version) is replaced the same way.
 const BUMP: &str = r"
 local function bump(key)
-  local r = redis.pcall('INCR', key)
-  if r == 1 or (type(r) == 'table' and r.err) then
-    local t = redis.call('TIME')
-    redis.call('SET', key, t[1] .. string.format('%06d', tonumber(t[2])))
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local old = redis.pcall('GET', key)
+  old = type(old) == 'string' and tonumber(old) or nil
+  if old and old >= now then
+    now = old + 1
   end
+  redis.call('SET', key, string.format('%.0f', now))
 end
 ";
 
