@@ -53,7 +53,7 @@
 )]
 #![cfg_attr(
     feature = "redis-cluster",
-    doc = "- `redis-cluster`: `redis+cluster://` seed-node URLs; a hash-tagged key layout on Redis Cluster."
+    doc = "- `redis-cluster`: `redis+cluster://` seed-node URLs (`rediss+cluster://` over TLS with `redis-tls`); a hash-tagged key layout on Redis Cluster."
 )]
 #![cfg_attr(feature = "http", doc = "- [`http`]: the health server over hyper.")]
 #![cfg_attr(

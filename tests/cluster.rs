@@ -60,7 +60,7 @@ async fn conformance_on_tokio() {
     topics(&redis).await;
     alive_batch_over_all_slots(&cluster, &redis).await;
     dead_letter_across_slots(&redis).await;
-    cancelled_reads_are_unblocked_at_once(&redis).await;
+    cancelled_reads_are_unblocked_at_once(&cluster, &redis).await;
     acknowledged_publish(&cluster).await;
     from_env(&cluster).await;
 }
@@ -187,28 +187,48 @@ async fn dead_letter_across_slots(redis: &RedisBackend) {
 /// next entry goes straight to the live consumer, delivered once, with no
 /// detour through the abandoned one (the conformance case also accepts a
 /// backend that can only release such an entry afterwards).
-async fn cancelled_reads_are_unblocked_at_once(redis: &RedisBackend) {
+async fn cancelled_reads_are_unblocked_at_once(cluster: &Cluster, redis: &RedisBackend) {
     let bus = redis.bus();
     let group = GroupName::new("g").unwrap();
     let (a, b) = (ConsumerName::new("a").unwrap(), ConsumerName::new("b").unwrap());
-    for name in ["cancel-1", "cancel-2", "cancel-3", "cancel-4"] {
+    let names = ["cancel-1", "cancel-2", "cancel-3", "cancel-4"];
+    let owners: std::collections::BTreeSet<usize> =
+        names.iter().filter_map(|n| cluster.primary_of(n)).collect();
+    assert!(owners.len() >= 2, "the streams are all on primary {owners:?}");
+    for name in names {
         let stream = StreamName::new(name).unwrap();
+        let owner = &cluster.nodes[cluster.primary_of(name).expect("an owner")];
+        let blocked = || {
+            owner
+                .cmd(&["INFO", "clients"])
+                .lines()
+                .find_map(|l| l.strip_prefix("blocked_clients:")?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         bus.ensure_group(&stream, &group, StartFrom::Latest)
             .await
             .unwrap();
         // Twice: a fresh blocking connection, then one taken from the free list.
-        for round in 0..2 {
-            let abandoned = tokio::time::timeout(
-                Duration::from_millis(100),
-                bus.read(
+        for round in 0..2u64 {
+            // Dropped once the server holds it blocked, not at a guessed time.
+            {
+                let before = blocked();
+                let read = bus.read(
                     &stream,
                     &group,
                     &a,
                     ReadOptions::count(10).block(Duration::from_secs(3)),
-                ),
-            )
-            .await;
-            assert!(abandoned.is_err(), "{name}: the read returned early");
+                );
+                tokio::pin!(read);
+                let deadline = Instant::now() + Duration::from_secs(2);
+                while blocked() <= before {
+                    assert!(Instant::now() < deadline, "{name}: the read never blocked");
+                    tokio::select! {
+                        r = &mut read => panic!("{name}: the read returned early: {r:?}"),
+                        _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                    }
+                }
+            }
             let id = bus.publish(&stream, &Envelope::new("x")).await.unwrap();
             tokio::time::sleep(Duration::from_millis(50)).await;
             let got = bus

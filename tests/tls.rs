@@ -40,12 +40,16 @@ fn ca(name: &str) -> (Issuer<'static, KeyPair>, String) {
     (Issuer::new(params, key), cert.pem())
 }
 
-fn leaf(issuer: &Issuer<'_, KeyPair>, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
+fn leaf(
+    issuer: &Issuer<'_, KeyPair>,
+    names: &[&str],
+    usages: &[ExtendedKeyUsagePurpose],
+) -> (String, String) {
     let key = KeyPair::generate().expect("key");
     let mut params =
         CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).expect("params");
     params.distinguished_name.push(DnType::CommonName, names[0]);
-    params.extended_key_usages = vec![usage];
+    params.extended_key_usages = usages.to_vec();
     let cert = params.signed_by(&key, issuer).expect("sign");
     (cert.pem(), key.serialize_pem())
 }
@@ -55,11 +59,21 @@ impl Pki {
     /// host-name mismatch), and a client certificate.
     fn new() -> Self {
         let (issuer, ca) = ca("fleetwire test CA");
-        let (server_cert, server_key) = leaf(&issuer, &["localhost"], ExtendedKeyUsagePurpose::ServerAuth);
+        let (server_cert, server_key) = leaf(&issuer, &["localhost"], &[ExtendedKeyUsagePurpose::ServerAuth]);
+        // Cluster nodes: named by the address the slot map gives, and
+        // client certificates too (they connect to each other over TLS).
+        let (node_cert, node_key) = leaf(
+            &issuer,
+            &["localhost", "127.0.0.1"],
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
         let (client_cert, client_key) = leaf(
             &issuer,
             &["fleetwire-client"],
-            ExtendedKeyUsagePurpose::ClientAuth,
+            &[ExtendedKeyUsagePurpose::ClientAuth],
         );
         let dir = tempfile::tempdir().expect("temp dir");
         for (name, pem) in [
@@ -68,6 +82,8 @@ impl Pki {
             ("server.key", &server_key),
             ("client.crt", &client_cert),
             ("client.key", &client_key),
+            ("node.crt", &node_cert),
+            ("node.key", &node_key),
         ] {
             std::fs::write(dir.path().join(name), pem).expect("write pem");
         }
@@ -413,4 +429,66 @@ async fn config_file_with_tls_section() {
         .ping()
         .await
         .expect("ping via SG_REDIS_TLS_*");
+}
+
+/// Cluster over TLS: `rediss+cluster://` with a custom CA, every node
+/// serving TLS only (clients, cluster bus, replication). The conformance
+/// suites pass, a batch liveness check spans every primary, topics flow
+/// through a seed node's TLS pub/sub connection, and a wrong CA is a
+/// non-temporary `Tls` error.
+#[cfg(feature = "redis-cluster")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_over_tls() {
+    use fleetwire::{EventBus, LivenessStore, Topic, TopicPattern};
+    use futures_util::StreamExt;
+    let pki = Pki::new();
+    let Some(cluster) = support::cluster::Cluster::start_tls(
+        &pki.path("node.crt"),
+        &pki.path("node.key"),
+        &pki.path("ca.crt"),
+    ) else {
+        return;
+    };
+    assert!(cluster.url().starts_with("rediss+cluster://"));
+    let redis = backend(cluster.url(), pki.tls());
+    suites(&redis).await;
+    let live = redis.liveness();
+    let ids: Vec<InstanceId> = (0..2000)
+        .map(|i| InstanceId::new(format!("t-{i}")).unwrap())
+        .collect();
+    for id in ids.iter().step_by(3) {
+        live.touch(id, Duration::from_secs(60)).await.unwrap();
+    }
+    let alive = live.is_alive_batch(&ids).await.unwrap();
+    assert!(alive.iter().enumerate().all(|(i, a)| *a == (i % 3 == 0)));
+    let bus = redis.bus();
+    let mut sub = bus
+        .subscribe(&TopicPattern::new("system.*.health").unwrap())
+        .await
+        .unwrap();
+    let topic = Topic::new("system.api.health").unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            bus.publish_topic(&topic, &fleetwire::Envelope::new("beat"))
+                .await
+                .unwrap();
+            if let Ok(Some(e)) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("a topic event over TLS");
+    println!("topic event over TLS: {got:?}");
+    let (_, other_ca) = ca("some other CA");
+    let wrong = backend(cluster.url(), RedisTls::new().ca_pem(other_ca));
+    expect_tls_failure(&wrong, "Cluster, unknown CA").await;
+    // TLS settings need the TLS scheme, as on one server.
+    let plain = cluster.url().replacen("rediss+", "redis+", 1);
+    let err = RedisBackend::builder()
+        .url(plain)
+        .tls(pki.tls())
+        .build()
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
 }

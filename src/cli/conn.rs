@@ -156,10 +156,13 @@ impl Ctx {
                 .map(|s| StreamName::new(s.as_str()).map_err(Failure::from))
                 .collect();
         }
-        self.backend
-            .stream_names()
-            .await
-            .map_err(|e| Failure::Runtime(format!("listing streams on {} failed: {e}", self.url)))
+        self.backend.stream_names().await.map_err(|e| {
+            Failure::Runtime(format!(
+                "listing streams on {} failed: {}",
+                self.url,
+                redact(&e.to_string())
+            ))
+        })
     }
 
     /// Whether `--stream` named the streams (then a missing one is an error).

@@ -44,8 +44,19 @@ use std::{
     time::Duration,
 };
 
+/// Keys per `MGET` at most on the liveness fast path.
+const MGET_CHUNK: usize = 10_000;
+
 /// The URL scheme that selects Cluster.
 pub(crate) const SCHEME: &str = "redis+cluster://";
+
+/// The URL scheme that selects Cluster over TLS (needs `redis-tls`).
+pub(crate) const TLS_SCHEME: &str = "rediss+cluster://";
+
+/// Whether `url` names a Cluster (over TLS or not).
+pub(crate) fn is_cluster_url(url: &str) -> bool {
+    url.starts_with(SCHEME) || url.starts_with(TLS_SCHEME)
+}
 
 /// Response timeout of a blocking-read cluster connection: the read's own
 /// wait is enforced around each call instead.
@@ -55,6 +66,8 @@ const BLOCKING_RESPONSE_TIMEOUT: Duration = Duration::from_secs(31 * 24 * 3600);
 #[derive(Clone)]
 pub(crate) struct Target {
     nodes: Vec<String>,
+    /// `rediss+cluster://`: every node over TLS.
+    pub(crate) tls: bool,
 }
 
 impl std::fmt::Debug for Target {
@@ -67,7 +80,7 @@ impl std::fmt::Debug for Target {
 
 fn bad(url: &str, problem: impl std::fmt::Display) -> Error {
     Error::invalid(format!(
-        "invalid Cluster URL `{}`: {problem} (expected redis+cluster://[user:password@]host:port[,host:port...])",
+        "invalid Cluster URL `{}`: {problem} (expected redis+cluster://[user:password@]host:port[,host:port...], or rediss+cluster:// for TLS)",
         super::connection::redact(url)
     ))
 }
@@ -75,9 +88,12 @@ fn bad(url: &str, problem: impl std::fmt::Display) -> Error {
 impl Target {
     /// Parse `url`; `None` when it is not a Cluster URL at all.
     pub(crate) fn parse(url: &str) -> Result<Option<Self>> {
-        let Some(rest) = url.strip_prefix(SCHEME) else {
-            return Ok(None);
+        let (rest, tls) = match (url.strip_prefix(SCHEME), url.strip_prefix(TLS_SCHEME)) {
+            (Some(rest), _) => (rest, false),
+            (None, Some(rest)) => (rest, true),
+            (None, None) => return Ok(None),
         };
+        let scheme = if tls { "rediss" } else { "redis" };
         if rest.contains('?') {
             return Err(bad(url, "query parameters are not supported"));
         }
@@ -118,19 +134,58 @@ impl Target {
                 return Err(bad(url, format!("`{host}` is not a host:port")));
             }
             let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
-            nodes.push(format!("redis://{auth}{name}:{port}"));
+            nodes.push(format!("{scheme}://{auth}{name}:{port}"));
+        }
+        if tls && !cfg!(feature = "redis-tls") {
+            return Err(bad(
+                url,
+                "TLS (rediss+cluster://) needs fleetwire's `redis-tls` feature",
+            ));
         }
         // Checked here so a bad user info is an error at build time.
         ClusterClient::new(nodes.clone()).map_err(|e| bad(url, e.detail().unwrap_or("unusable node URL")))?;
-        Ok(Some(Self { nodes }))
+        Ok(Some(Self { nodes, tls }))
     }
+}
+
+/// Custom TLS certificates for every node (a CA, a client certificate);
+/// `None` for plain TCP, or TLS trusting the system's roots.
+#[cfg(feature = "redis-tls")]
+pub(crate) type Certs = Option<redis::TlsCertificates>;
+#[cfg(not(feature = "redis-tls"))]
+pub(crate) type Certs = Option<std::convert::Infallible>;
+
+/// A cluster client for `nodes`, with `certs` when given.
+fn client_builder(nodes: &[String], certs: &Certs) -> redis::cluster::ClusterClientBuilder {
+    let builder = ClusterClient::builder(nodes.to_vec());
+    #[cfg(feature = "redis-tls")]
+    if let Some(certs) = certs {
+        return builder.certs(certs.clone());
+    }
+    let _ = certs;
+    builder
+}
+
+/// A client for one seed node (pub/sub), with `certs` when given.
+fn seed_client(node: &str, certs: &Certs) -> redis::RedisResult<redis::Client> {
+    #[cfg(feature = "redis-tls")]
+    if let Some(certs) = certs {
+        return redis::Client::build_with_tls(node, certs.clone());
+    }
+    let _ = certs;
+    redis::Client::open(node)
 }
 
 /// Build the connection state for `target`. No connection is made until the
 /// first call.
-pub(crate) fn connect(target: Target, settings: Settings, redacted_url: String) -> Result<Arc<Conn>> {
+pub(crate) fn connect(
+    target: Target,
+    settings: Settings,
+    redacted_url: String,
+    certs: Certs,
+) -> Result<Arc<Conn>> {
     let what = || format!("connect to `{redacted_url}`");
-    let shared = ClusterClient::builder(target.nodes.clone())
+    let shared = client_builder(&target.nodes, &certs)
         .connection_timeout(settings.connect_timeout)
         .response_timeout(settings.response_timeout)
         .retries(3)
@@ -138,7 +193,7 @@ pub(crate) fn connect(target: Target, settings: Settings, redacted_url: String) 
         .max_retry_wait(500)
         .build()
         .map_err(|e| map_err(e, what()))?;
-    let blocking = ClusterClient::builder(target.nodes.clone())
+    let blocking = client_builder(&target.nodes, &certs)
         .connection_timeout(settings.connect_timeout)
         .response_timeout(BLOCKING_RESPONSE_TIMEOUT)
         .retries(1)
@@ -147,10 +202,16 @@ pub(crate) fn connect(target: Target, settings: Settings, redacted_url: String) 
     let seeds = target
         .nodes
         .iter()
-        .map(|n| redis::Client::open(n.as_str()))
+        .map(|n| seed_client(n, &certs))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| map_err(e, what()))?;
     let pubsub = seeds[0].clone();
+    let probe = target.tls.then(|| {
+        Arc::new(Probe {
+            seed: seeds[0].clone(),
+            within: settings.connect_timeout,
+        })
+    });
     let config = ClusterConfig::new()
         .set_connection_timeout(settings.connect_timeout)
         .set_response_timeout(settings.response_timeout);
@@ -158,6 +219,7 @@ pub(crate) fn connect(target: Target, settings: Settings, redacted_url: String) 
         client: pubsub,
         manager: Shared::Cluster(Routed::new(
             shared.get_pending_async_connection_with_config(config),
+            probe.clone(),
         )),
         blocking: Blocking::Cluster(BlockingCluster {
             client: Box::new(blocking),
@@ -165,9 +227,45 @@ pub(crate) fn connect(target: Target, settings: Settings, redacted_url: String) 
             max_idle: settings.pool_size.max(1) as usize,
             seeds,
             next_seed: AtomicUsize::new(0),
+            probe,
         }),
     };
     Ok(Conn::new(endpoint, settings, redacted_url))
+}
+
+/// `call`, its error explained by `probe` when there is one.
+fn explained<'a, T: Send + 'a>(probe: Option<Arc<Probe>>, call: RedisFuture<'a, T>) -> RedisFuture<'a, T> {
+    match probe {
+        None => call,
+        Some(probe) => Box::pin(async move {
+            match call.await {
+                Err(e) => Err(probe.explain(e).await),
+                ok => ok,
+            }
+        }),
+    }
+}
+
+/// A seed node's own client, to tell why the cluster client found no node.
+pub(crate) struct Probe {
+    seed: redis::Client,
+    within: Duration,
+}
+
+impl Probe {
+    /// redis-rs's cluster client reports a failed TLS handshake as "no
+    /// connection found", which reads as an outage: connect to one seed on
+    /// its own and return its error instead when it is a TLS failure.
+    async fn explain(&self, e: RedisError) -> RedisError {
+        let not_found = e.kind() == redis::ErrorKind::ClusterConnectionNotFound || e.is_io_error();
+        if !not_found {
+            return e;
+        }
+        match rt::timeout(self.within, self.seed.get_multiplexed_async_connection()).await {
+            Ok(Err(direct)) if super::connection::is_tls_failure(&direct) => direct,
+            _ => e,
+        }
+    }
 }
 
 /// A cluster connection whose pipelines may span slots: split by slot and
@@ -178,13 +276,17 @@ pub(crate) struct Routed {
     /// Which primary serves each slot, from `CLUSTER SLOTS`; dropped when a
     /// reply says the map moved, asked again on the next split pipeline.
     owners: Arc<Mutex<Option<Arc<Owners>>>>,
+    /// Over TLS, a seed node to connect to on its own when the cluster
+    /// connection reports no node: it names the TLS failure, if that is why.
+    probe: Option<Arc<Probe>>,
 }
 
 impl Routed {
-    fn new(conn: ClusterConnection) -> Self {
+    fn new(conn: ClusterConnection, probe: Option<Arc<Probe>>) -> Self {
         Self {
             conn,
             owners: Arc::default(),
+            probe,
         }
     }
 
@@ -207,6 +309,8 @@ impl Routed {
     /// One route per primary (by the first slot it serves), for commands
     /// every primary must answer, such as `SCAN`.
     pub(crate) async fn each_primary(&self) -> redis::RedisResult<Vec<RoutingInfo>> {
+        // Read afresh: a cached map may predate a node added since.
+        *self.owners.lock() = None;
         let owners = self.owners().await.ok_or_else(|| {
             redis::RedisError::from((
                 redis::ErrorKind::Client,
@@ -283,12 +387,16 @@ impl Routed {
                 nodes.push((slot as u16, redis::pipe(), Vec::new()));
                 nodes.len() - 1
             });
-            let mut mget = redis::cmd("MGET");
-            for &i in &order[run.clone()] {
-                mget.arg(key(i as usize));
+            // One hash tag may hold many ids: at most MGET_CHUNK keys a command.
+            for start in run.clone().step_by(MGET_CHUNK) {
+                let chunk = start..(start + MGET_CHUNK).min(run.end);
+                let mut mget = redis::cmd("MGET");
+                for &i in &order[chunk.clone()] {
+                    mget.arg(key(i as usize));
+                }
+                nodes[n].1.add_command(mget);
+                nodes[n].2.push(chunk);
             }
-            nodes[n].1.add_command(mget);
-            nodes[n].2.push(run);
         }
         let sends = nodes.into_iter().map(|(slot, pipe, runs)| {
             let mut c = self.conn.clone();
@@ -316,6 +424,9 @@ impl Routed {
                     *self.owners.lock() = None;
                     return None;
                 };
+                if items.len() != run.len() {
+                    return None;
+                }
                 for (item, &i) in items.iter().zip(&order[run]) {
                     alive[i as usize] = !matches!(item, Value::Nil);
                 }
@@ -537,6 +648,27 @@ fn part_of(cmd: &Cmd) -> Part {
 
 impl ConnectionLike for Routed {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        let probe = self.probe.clone();
+        explained(probe, self.send_command(cmd))
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipe: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        let probe = self.probe.clone();
+        explained(probe, self.send_pipeline(pipe, offset, count))
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
+}
+
+impl Routed {
+    fn send_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         let publish = cmd
             .args_iter()
             .next()
@@ -566,14 +698,14 @@ impl ConnectionLike for Routed {
             return Box::pin(async move {
                 let mut pipe = redis::pipe();
                 pipe.add_command(cmd.clone());
-                let mut replies = this.req_packed_commands(&pipe, 0, 1).await?;
+                let mut replies = this.send_pipeline(&pipe, 0, 1).await?;
                 Ok(replies.pop().unwrap_or(Value::Nil))
             });
         }
         self.conn.req_packed_command(cmd)
     }
 
-    fn req_packed_commands<'a>(
+    fn send_pipeline<'a>(
         &'a mut self,
         pipe: &'a Pipeline,
         offset: usize,
@@ -655,10 +787,6 @@ impl ConnectionLike for Routed {
             Ok(out)
         })
     }
-
-    fn get_db(&self) -> i64 {
-        0
-    }
 }
 
 /// Blocking reads on Cluster: a free list of cluster connections of their own.
@@ -669,6 +797,8 @@ pub(crate) struct BlockingCluster {
     /// One client per seed node, for pub/sub, taken in turn.
     seeds: Vec<redis::Client>,
     next_seed: AtomicUsize,
+    /// Over TLS: what explains a failure to find a node (see [`Probe`]).
+    probe: Option<Arc<Probe>>,
 }
 
 /// A cluster connection for blocking reads, with the `CLIENT ID` of its
@@ -678,8 +808,12 @@ struct Blocker {
     ids: Vec<(u16, u64)>,
 }
 
+/// Hash slots whose `CLIENT ID` a blocking connection remembers at most.
+const MAX_REMEMBERED_IDS: usize = 64;
+
 impl Blocker {
-    /// The `CLIENT ID` on the primary serving `hash_slot`, asked once.
+    /// The `CLIENT ID` on the primary serving `hash_slot`: asked the first
+    /// time, then checked by every read (see [`BlockingCluster::query`]).
     async fn client_id(&mut self, hash_slot: u16) -> Result<u64, RedisError> {
         if let Some((_, id)) = self.ids.iter().find(|(s, _)| *s == hash_slot) {
             return Ok(*id);
@@ -687,8 +821,16 @@ impl Blocker {
         let mut cmd = redis::cmd("CLIENT");
         cmd.arg("ID");
         let id = redis::from_redis_value(self.conn.route_command(cmd, primary_serving(hash_slot)).await?)?;
-        self.ids.push((hash_slot, id));
+        self.remember(hash_slot, id);
         Ok(id)
+    }
+
+    fn remember(&mut self, hash_slot: u16, id: u64) {
+        self.ids.retain(|(s, _)| *s != hash_slot);
+        if self.ids.len() >= MAX_REMEMBERED_IDS {
+            self.ids.clear();
+        }
+        self.ids.push((hash_slot, id));
     }
 }
 
@@ -710,9 +852,11 @@ impl BlockingCluster {
     /// Run `pipe` on a connection of its own, waiting up to `wait`; `None`
     /// when `slot` was cancelled first. The connection's `CLIENT ID` on the
     /// primary serving the pipeline's key (asked once per connection and
-    /// primary) goes into `slot`, so a read abandoned by its caller is
-    /// unblocked at once; should the slot have moved meanwhile, the read
-    /// waits out its block instead, and its connection is then dropped.
+    /// hash slot, and checked by every read) goes into `slot`, so a read
+    /// abandoned by its caller is unblocked at once. Right after a topology
+    /// change the remembered id can be stale for one read: that read then
+    /// waits out its block (what it took is released), or the `UNBLOCK`
+    /// ends another client's blocking command early, as a timeout would.
     pub(crate) async fn query(
         &self,
         pipe: &Pipeline,
@@ -722,9 +866,12 @@ impl BlockingCluster {
         let pooled = self.idle.lock().pop();
         let mut b = match pooled {
             Some(b) => b,
-            None => Blocker {
-                conn: self.client.get_async_connection().await?,
-                ids: Vec::new(),
+            None => match self.client.get_async_connection().await {
+                Ok(conn) => Blocker {
+                    conn,
+                    ids: Vec::new(),
+                },
+                Err(e) => return Err(self.explain(e).await),
             },
         };
         let hash_slot = pipe
@@ -733,7 +880,7 @@ impl BlockingCluster {
         let entered = match hash_slot {
             Some(hash_slot) => match rt::timeout(wait, b.client_id(hash_slot)).await {
                 Ok(Ok(id)) => slot.enter_on(hash_slot, id),
-                Ok(Err(e)) => return Err(e),
+                Ok(Err(e)) => return Err(self.explain(e).await),
                 Err(rt::Elapsed) => return Err(no_reply(wait)),
             },
             None => slot.enter(0),
@@ -742,14 +889,42 @@ impl BlockingCluster {
             self.put_back(b);
             return Ok(None);
         }
-        let out = match rt::timeout(wait, pipe.query_async::<Vec<Value>>(&mut b.conn)).await {
+        // The read's own `CLIENT ID` rides first in its pipeline (keyless, so
+        // the pipeline is still routed by the stream's slot): a remembered id
+        // gone stale (the slot moved to another primary, redis-rs replaced
+        // the node connection) is corrected for the next read.
+        let checked = hash_slot.map(|hash_slot| {
+            let mut p = redis::pipe();
+            p.cmd("CLIENT").arg("ID");
+            for c in pipe.cmd_iter() {
+                p.add_command(c.clone());
+            }
+            (hash_slot, p)
+        });
+        let sent = checked.as_ref().map_or(pipe, |(_, p)| p);
+        let mut out = match rt::timeout(wait, sent.query_async::<Vec<Value>>(&mut b.conn)).await {
             Ok(out) => out,
             Err(rt::Elapsed) => Err(no_reply(wait)),
         };
+        if let (Some((hash_slot, _)), Ok(values)) = (&checked, &mut out) {
+            if values.is_empty() {
+                return Err(no_reply(wait));
+            }
+            if let Value::Int(id) = values.remove(0) {
+                b.remember(*hash_slot, id as u64);
+            }
+        }
         if out.is_ok() {
             self.put_back(b);
         }
         out.map(Some)
+    }
+
+    async fn explain(&self, e: RedisError) -> RedisError {
+        match &self.probe {
+            Some(probe) => probe.explain(e).await,
+            None => e,
+        }
     }
 
     fn put_back(&self, b: Blocker) {

@@ -91,7 +91,12 @@ pub(crate) fn is_tls_failure(_: &RedisError) -> bool {
 /// Whether `e` says the server could not be reached or stopped answering
 /// (as opposed to an answer that was an error).
 fn is_connection_failure(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        // A cluster client with no node it can reach.
+        || e.kind() == redis::ErrorKind::ClusterConnectionNotFound
 }
 
 /// The shared connection for ordinary commands: one self-reconnecting

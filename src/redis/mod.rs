@@ -22,7 +22,7 @@
 //! this: its reads have their own waits.
 //!
 //! With the `redis-cluster` feature, a `redis+cluster://host:port,host:port`
-//! URL (seed nodes) runs the same backends on Redis Cluster, with a
+//! URL (seed nodes; `rediss+cluster://` for TLS) runs the same backends on Redis Cluster, with a
 //! hash-tagged key layout (see the README's "Scaling out: Cluster").
 //!
 //! With the `redis-sentinel` feature, a `redis+sentinel://host:port,host:port/<master>`
@@ -136,7 +136,8 @@ impl RedisBackendBuilder {
     /// Server URL (default `redis://127.0.0.1:6379`); `redis://:password@host`
     /// and, with the `redis-tls` feature, `rediss://` work. With the
     /// `redis-cluster` feature, `redis+cluster://host:port,host:port,...`
-    /// (seed nodes) selects Redis Cluster; with `redis-sentinel`,
+    /// (seed nodes) selects Redis Cluster (`rediss+cluster://` over TLS,
+    /// with `redis-tls` too); with `redis-sentinel`,
     /// `redis+sentinel://...` selects Sentinel.
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = url.into();
@@ -280,7 +281,7 @@ impl RedisBackendBuilder {
             keys = keys.with_liveness_prefix(prefix)?;
         }
         #[cfg(feature = "redis-cluster")]
-        if self.url.starts_with(cluster::SCHEME) {
+        if cluster::is_cluster_url(&self.url) {
             keys = keys.for_cluster()?;
             if self.adopt_legacy_every.is_some() {
                 return Err(Error::new(
@@ -314,11 +315,11 @@ impl RedisBackendBuilder {
     fn connect(&self, settings: connection::Settings, redacted_url: String) -> Result<Arc<Conn>> {
         #[cfg(feature = "redis-cluster")]
         if let Some(target) = cluster::Target::parse(&self.url)? {
-            self.refuse_tls("Cluster", &redacted_url)?;
-            return cluster::connect(target, settings, redacted_url);
+            let certs = self.cluster_certs(target.tls, &redacted_url)?;
+            return cluster::connect(target, settings, redacted_url, certs);
         }
         #[cfg(not(feature = "redis-cluster"))]
-        if self.url.starts_with("redis+cluster://") {
+        if self.url.starts_with("redis+cluster://") || self.url.starts_with("rediss+cluster://") {
             return Err(Error::new(
                 crate::ErrorKind::Unsupported,
                 format!("Cluster URL `{redacted_url}` needs fleetwire's `redis-cluster` feature"),
@@ -343,12 +344,36 @@ impl RedisBackendBuilder {
 }
 
 impl RedisBackendBuilder {
-    /// The Sentinel and Cluster paths open plain TCP connections: refuse TLS
-    /// settings rather than send in the clear what the user asked to protect.
-    #[cfg_attr(
-        not(any(feature = "redis-sentinel", feature = "redis-cluster")),
-        allow(dead_code)
-    )]
+    /// The certificates for a Cluster URL: TLS settings need
+    /// `rediss+cluster://`, as they need `rediss://` on one server.
+    #[cfg(feature = "redis-cluster")]
+    fn cluster_certs(&self, tls_url: bool, redacted_url: &str) -> Result<cluster::Certs> {
+        #[cfg(feature = "redis-tls")]
+        {
+            if self.tls.is_some() && !tls_url {
+                return Err(Error::invalid(format!(
+                    "TLS settings with the plain Cluster URL `{redacted_url}`: use rediss+cluster://"
+                )));
+            }
+            if tls_url {
+                tls::install_crypto_provider();
+            }
+            self.tls.as_ref().map(RedisTls::certificates).transpose()
+        }
+        #[cfg(not(feature = "redis-tls"))]
+        {
+            if tls_url {
+                return Err(Error::invalid(format!(
+                    "Cluster URL `{redacted_url}` asks for TLS: enable fleetwire's `redis-tls` feature"
+                )));
+            }
+            Ok(None)
+        }
+    }
+
+    /// The Sentinel path opens plain TCP connections: refuse TLS settings
+    /// rather than send in the clear what the user asked to protect.
+    #[cfg_attr(not(feature = "redis-sentinel"), allow(dead_code))]
     fn refuse_tls(&self, through: &str, redacted_url: &str) -> Result<()> {
         #[cfg(feature = "redis-tls")]
         if self.tls.is_some() {

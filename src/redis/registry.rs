@@ -29,7 +29,8 @@ local function bump(key)
   local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
   local old = redis.pcall('GET', key)
   old = type(old) == 'string' and tonumber(old) or nil
-  if old and old >= now then
+  -- Past 2^52, old + 1 == old in a Lua double: start again from the clock.
+  if old and old >= now and old < 4503599627370496 then
     now = old + 1
   end
   redis.call('SET', key, string.format('%.0f', now))

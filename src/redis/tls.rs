@@ -75,9 +75,9 @@ impl RedisTls {
         Ok(self.client_cert_pem(cert, key))
     }
 
-    /// A redis-rs client for `url` (which must be `rediss://`) with these
-    /// settings; the PEM is checked here, so bad input fails at build time.
-    pub(crate) fn client(&self, url: &str, shown_url: &str) -> Result<redis::Client> {
+    /// The certificates as redis-rs takes them, each checked to be PEM of
+    /// the right kind first (so a bad file is an error at build time).
+    pub(crate) fn certificates(&self) -> Result<redis::TlsCertificates> {
         install_crypto_provider();
         if let Some(ca) = &self.ca {
             let certs = CertificateDer::pem_slice_iter(ca)
@@ -99,14 +99,18 @@ impl RedisTls {
             PrivateKeyDer::from_pem_slice(key)
                 .map_err(|e| Error::invalid(format!("TLS client key: no private key in the PEM ({e})")))?;
         }
-        let certificates = redis::TlsCertificates {
+        Ok(redis::TlsCertificates {
             client_tls: self.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
                 client_cert: cert.clone(),
                 client_key: key.clone(),
             }),
             root_cert: self.ca.clone(),
-        };
-        redis::Client::build_with_tls(url, certificates).map_err(|e| {
+        })
+    }
+
+    /// A client for `url` (`rediss://`) with these settings.
+    pub(crate) fn client(&self, url: &str, shown_url: &str) -> Result<redis::Client> {
+        redis::Client::build_with_tls(url, self.certificates()?).map_err(|e| {
             Error::invalid(format!(
                 "Redis TLS settings for `{shown_url}` rejected: {}",
                 e.detail().unwrap_or(&e.to_string())

@@ -12,7 +12,26 @@ use std::{
 
 pub struct Cluster {
     pub nodes: Vec<RedisServer>,
+    /// The CA file when the nodes serve TLS only (`start_tls`).
+    tls_ca: Option<String>,
 }
+
+/// The arguments every node gets.
+const NODE_ARGS: &[&str] = &[
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+    "--cluster-node-timeout",
+    "1000",
+    // A replica may take over however long ago it last heard
+    // from its primary (the default refuses after ~10 node timeouts).
+    "--cluster-replica-validity-factor",
+    "0",
+    // Replicas sync at once instead of after 5 s.
+    "--repl-diskless-sync-delay",
+    "0",
+];
 
 impl Cluster {
     /// Start the six nodes and form the cluster, or `None` (loudly) when
@@ -20,27 +39,42 @@ impl Cluster {
     /// does not come up panics.
     pub fn start() -> Option<Self> {
         let nodes = (0..6)
-            .map(|_| {
-                RedisServer::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "1000",
-                    // A replica may take over however long ago it last heard
-                    // from its primary (the default refuses after ~10 node timeouts).
-                    "--cluster-replica-validity-factor",
-                    "0",
-                    // Replicas sync at once instead of after 5 s.
-                    "--repl-diskless-sync-delay",
-                    "0",
-                ])
-            })
+            .map(|_| RedisServer::start_with(NODE_ARGS))
             .collect::<Option<Vec<_>>>()?;
-        let mut create = Command::new("redis-cli");
+        Self::form(nodes, None)
+    }
+
+    /// As [`start`](Self::start), every node serving TLS only (clients, the
+    /// cluster bus and replication) with `cert`/`key` (which must name
+    /// `127.0.0.1`, the address the slot map gives), trusting `ca`; clients
+    /// need no certificate.
+    pub fn start_tls(cert: &str, key: &str, ca: &str) -> Option<Self> {
+        let mut args: Vec<&str> = NODE_ARGS.to_vec();
+        args.extend([
+            "--tls-cluster",
+            "yes",
+            "--tls-replication",
+            "yes",
+            "--tls-cert-file",
+            cert,
+            "--tls-key-file",
+            key,
+            "--tls-ca-cert-file",
+            ca,
+            "--tls-auth-clients",
+            "no",
+        ]);
+        let nodes = (0..6)
+            .map(|_| RedisServer::start_tls(&args))
+            .collect::<Option<Vec<_>>>()?;
+        Self::form(nodes, Some(ca.to_owned()))
+    }
+
+    fn form(nodes: Vec<RedisServer>, tls_ca: Option<String>) -> Option<Self> {
+        let cluster = Self { nodes, tls_ca };
+        let mut create = cluster.cli();
         create.arg("--cluster").arg("create");
-        for n in &nodes {
+        for n in &cluster.nodes {
             create.arg(format!("127.0.0.1:{}", n.port));
         }
         let out = create.args(["--cluster-replicas", "1", "--cluster-yes"]).output();
@@ -58,19 +92,44 @@ impl Cluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let cluster = Self { nodes };
         cluster.wait_ok(Duration::from_secs(30));
         Some(cluster)
     }
 
-    /// `redis+cluster://` URL naming every node as a seed.
+    /// `redis-cli`, speaking TLS when the nodes do.
+    fn cli(&self) -> Command {
+        let mut cli = Command::new("redis-cli");
+        if let Some(ca) = &self.tls_ca {
+            cli.args(["--tls", "--cacert", ca]);
+        }
+        cli
+    }
+
+    /// One command to the node on `port`: its reply, `None` when it does not answer.
+    fn ask(&self, port: u16, args: &[&str]) -> Option<String> {
+        if self.tls_ca.is_none() {
+            return raw(port, args);
+        }
+        let out = self
+            .cli()
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `redis+cluster://` URL naming every node as a seed (`rediss+cluster://` over TLS).
     pub fn url(&self) -> String {
         let hosts: Vec<String> = self
             .nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        format!("redis+cluster://{}", hosts.join(","))
+        let scheme = if self.tls_ca.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}+cluster://{}", hosts.join(","))
     }
 
     /// Wait until every running node says `cluster_state:ok` and knows
@@ -81,9 +140,9 @@ impl Cluster {
             let ok = self
                 .nodes
                 .iter()
-                .filter(|n| raw(n.port, &["PING"]).is_some())
+                .filter(|n| self.ask(n.port, &["PING"]).is_some())
                 .all(|n| {
-                    raw(n.port, &["CLUSTER", "INFO"]).is_some_and(|r| {
+                    self.ask(n.port, &["CLUSTER", "INFO"]).is_some_and(|r| {
                         r.contains("cluster_state:ok") && r.contains("cluster_slots_ok:16384")
                     })
                 });
