@@ -827,4 +827,14 @@ async fn a_listing_handle_sees_every_change_made_through_another() {
     server.cmd(&["DEL", "sg:registry:service:api:lost"]);
     writer.register(&inst("api", "new"), TTL).await.unwrap();
     assert_eq!(ids(reader.list(None).await.unwrap()), ["a-9", "new"]);
+    // A version past what a Lua double counts in ones (2^53 + 1) is no
+    // reason to stop moving.
+    server.cmd(&["SET", "sg:registry:version:api", "9007199254740993"]);
+    writer.register(&inst("api", "big-1"), TTL).await.unwrap();
+    assert_eq!(ids(reader.list(None).await.unwrap()), ["a-9", "big-1", "new"]);
+    writer.register(&inst("api", "big-2"), TTL).await.unwrap();
+    assert_eq!(
+        ids(reader.list(None).await.unwrap()),
+        ["a-9", "big-1", "big-2", "new"]
+    );
 }
