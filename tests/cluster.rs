@@ -7,21 +7,22 @@
 mod support;
 
 use fleetwire::{
-    consumer::{HandlerResult, Runner},
     redis::RedisBackend,
-    service::{Context, Lifecycle, Service, Shutdown},
     testkit::{self, RealTime},
     ConsumerName, Envelope, ErrorKind, EventBus, GroupName, Instance, InstanceId, LivenessStore, ReadOptions,
     RegistryStore, ServiceName, StartFrom, Status, StreamName, Topic, TopicPattern,
 };
 use futures_util::StreamExt;
-use parking_lot::Mutex;
 use std::{
     collections::BTreeSet,
     sync::Arc,
     time::{Duration, Instant},
 };
-use support::{cluster::Cluster, sentinel::raw};
+use support::{
+    cluster::Cluster,
+    failover::{Load, HEARTBEAT},
+    sentinel::raw,
+};
 
 fn backend(cluster: &Cluster) -> RedisBackend {
     RedisBackend::builder()
@@ -470,25 +471,6 @@ async fn malformed_cluster_urls_are_rejected_naming_the_problem() {
     assert_eq!(err.kind(), ErrorKind::Unsupported, "{err}");
 }
 
-/// Waits until stopped; the lifecycle keeps it registered.
-struct Idle;
-
-#[fleetwire::async_trait]
-impl Service for Idle {
-    async fn on_start(&self, _: &Context) -> fleetwire::Result<()> {
-        Ok(())
-    }
-    async fn run(&self, ctx: &Context) -> fleetwire::Result<()> {
-        ctx.stopped().await;
-        Ok(())
-    }
-    async fn on_stop(&self, _: &Context) -> fleetwire::Result<()> {
-        Ok(())
-    }
-}
-
-const HEARTBEAT: Duration = Duration::from_millis(500);
-
 /// Publish 5,000 messages (counting those that returned `Ok`) while a
 /// runner consumes them and a lifecycle keeps an instance registered;
 /// `kill -9` the primary owning the stream's slot after 1,500.
@@ -512,81 +494,11 @@ async fn failover(durable: bool) {
     let Some(mut cluster) = Cluster::start() else {
         return;
     };
-    let mut b = RedisBackend::builder()
-        .url(cluster.url())
-        .response_timeout(Duration::from_millis(500))
-        .connect_timeout(Duration::from_millis(500));
-    if durable {
-        b = b.publish_replicas(1, Duration::from_millis(500));
-    }
-    let redis = b.build().expect("backend");
-    let bus: Arc<dyn EventBus> = Arc::new(redis.bus());
     // Hash-tagged with the service's name: the stream and the registry
     // entries of `billing` live on the same primary, the one killed.
     let stream = StreamName::new("{billing}:orders").unwrap();
-
-    let consumed = Arc::new(Mutex::new(BTreeSet::<u64>::new()));
-    let runner = {
-        let consumed = consumed.clone();
-        Runner::builder(
-            bus.clone(),
-            stream.clone(),
-            GroupName::new("billing").unwrap(),
-            ConsumerName::new("w1").unwrap(),
-        )
-        .concurrency(64)
-        .store_retry(Duration::from_millis(20), Duration::from_millis(200))
-        .lease(Duration::from_secs(2))
-        .reaper(Duration::from_millis(500), 1_000)
-        .handler(move |d: fleetwire::Delivery| {
-            let consumed = consumed.clone();
-            async move {
-                let seq: u64 = d.envelope()?.kind.parse().unwrap_or(u64::MAX);
-                consumed.lock().insert(seq);
-                HandlerResult::Ok(())
-            }
-        })
-        .build()
-        .expect("runner")
-    };
-    let stop = Shutdown::default();
-    let consuming = tokio::spawn({
-        let (runner, stop) = (runner.clone(), stop.clone());
-        async move { runner.run(stop.wait()).await }
-    });
-    let lifecycle = Arc::new(
-        Lifecycle::builder("billing", "b-1")
-            .unwrap()
-            .registry(Arc::new(redis.registry()))
-            .jitter(Duration::ZERO)
-            .ttl(Duration::from_secs(2))
-            .heartbeat_every(HEARTBEAT)
-            .op_timeout(Duration::from_millis(400))
-            .handle_signals(false)
-            .without_control()
-            .build(),
-    );
-    let living = tokio::spawn({
-        let lifecycle = lifecycle.clone();
-        async move { lifecycle.run(&Idle).await }
-    });
-    let registry = redis.registry();
-    let service = ServiceName::new("billing").unwrap();
-    let listed = move |registry: fleetwire::redis::RedisRegistry| {
-        let service = service.clone();
-        async move {
-            registry
-                .list(Some(&service))
-                .await
-                .is_ok_and(|l| l.iter().any(|i| i.id.as_str() == "b-1"))
-        }
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !listed(registry.clone()).await {
-        assert!(Instant::now() < deadline, "the lifecycle did not register");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let load = Load::start(cluster.url(), durable, &stream).await;
+    let (redis, bus) = (&load.redis, load.bus.clone());
 
     // Liveness keys over every slot; a batch check learns the slot map now,
     // so the one after the failover starts from a stale map.
@@ -633,14 +545,7 @@ async fn failover(durable: bool) {
             assert!(cluster.nodes[victim].kill9());
             killed_at = Instant::now();
             killed = true;
-            let (registry, listed) = (registry.clone(), listed.clone());
-            watcher = Some(tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                while !listed(registry.clone()).await {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Instant::now()
-            }));
+            watcher = Some(load.watch_relisting());
         }
         if killed && !restarted && seq.is_multiple_of(20) && cluster.primary_of(stream.as_str()).is_some() {
             // A replica took over: the old primary comes back (a supervisor
@@ -680,7 +585,7 @@ async fn failover(durable: bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let (mut last_count, mut quiet_since) = (0, Instant::now());
     loop {
-        let got = consumed.lock().clone();
+        let got = load.consumed.lock().clone();
         if want.is_subset(&got) || Instant::now() > deadline {
             break;
         }
@@ -692,7 +597,7 @@ async fn failover(durable: bool) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let missing: Vec<u64> = want.difference(&consumed.lock()).copied().collect();
+    let missing: Vec<u64> = want.difference(&load.consumed.lock()).copied().collect();
     let lost = missing.len();
     let alive = liveness
         .is_alive_batch(&ids)
@@ -710,10 +615,7 @@ async fn failover(durable: bool) {
             );
         }
     }
-    stop.trigger();
-    lifecycle.shutdown_handle().trigger();
-    let _ = consuming.await;
-    let _ = living.await;
+    load.stop().await;
     println!(
         "cluster failover ({}): {} publishes Ok, {failed} failed, outage {outage:?} (last Ok before the kill \
          to first Ok after), {lost} Ok publishes never consumed, instance listed again {:?} after the kill \

@@ -6,19 +6,19 @@
 mod support;
 
 use fleetwire::{
-    consumer::{HandlerResult, Runner},
     redis::RedisBackend,
-    service::{Context, Lifecycle, Service, Shutdown},
     testkit::{self, RealTime},
-    ConsumerName, Envelope, ErrorKind, EventBus, GroupName, RegistryStore, ServiceName, StreamName,
+    Envelope, ErrorKind, EventBus, RegistryStore, ServiceName, StreamName,
 };
-use parking_lot::Mutex;
 use std::{
     collections::BTreeSet,
     sync::Arc,
     time::{Duration, Instant},
 };
-use support::sentinel::{raw, SentinelSet};
+use support::{
+    failover::{Load, HEARTBEAT},
+    sentinel::{raw, SentinelSet},
+};
 
 fn backend(set: &SentinelSet) -> RedisBackend {
     RedisBackend::builder()
@@ -166,25 +166,6 @@ async fn no_sentinel_answering_fails_fast_and_says_why() {
     );
 }
 
-/// Waits until stopped; the lifecycle keeps it registered.
-struct Idle;
-
-#[fleetwire::async_trait]
-impl Service for Idle {
-    async fn on_start(&self, _: &Context) -> fleetwire::Result<()> {
-        Ok(())
-    }
-    async fn run(&self, ctx: &Context) -> fleetwire::Result<()> {
-        ctx.stopped().await;
-        Ok(())
-    }
-    async fn on_stop(&self, _: &Context) -> fleetwire::Result<()> {
-        Ok(())
-    }
-}
-
-const HEARTBEAT: Duration = Duration::from_millis(500);
-
 struct Outcome {
     ok: usize,
     failed: usize,
@@ -200,84 +181,9 @@ struct Outcome {
 /// replica of the new primary) once the Sentinels agree on a new one.
 async fn failover_under_load(durable: bool, replicas: usize) -> Option<Outcome> {
     let mut set = SentinelSet::start_with(replicas)?;
-    let mut b = RedisBackend::builder()
-        .url(set.url())
-        .response_timeout(Duration::from_millis(500))
-        .connect_timeout(Duration::from_millis(500));
-    if durable {
-        b = b.publish_replicas(1, Duration::from_millis(500));
-    }
-    let redis = b.build().expect("backend");
-    let bus: Arc<dyn EventBus> = Arc::new(redis.bus());
     let stream = StreamName::new("orders").unwrap();
-
-    let consumed = Arc::new(Mutex::new(BTreeSet::<u64>::new()));
-    let runner = {
-        let consumed = consumed.clone();
-        Runner::builder(
-            bus.clone(),
-            stream.clone(),
-            GroupName::new("billing").unwrap(),
-            ConsumerName::new("w1").unwrap(),
-        )
-        .concurrency(64)
-        .store_retry(Duration::from_millis(20), Duration::from_millis(200))
-        // A read whose reply died with the primary leaves its entries
-        // pending, unseen: the reaper hands them out again after the lease.
-        .lease(Duration::from_secs(2))
-        .reaper(Duration::from_millis(500), 1_000)
-        .handler(move |d: fleetwire::Delivery| {
-            let consumed = consumed.clone();
-            async move {
-                let seq: u64 = d.envelope()?.kind.parse().unwrap_or(u64::MAX);
-                consumed.lock().insert(seq);
-                HandlerResult::Ok(())
-            }
-        })
-        .build()
-        .expect("runner")
-    };
-    let stop = Shutdown::default();
-    let consuming = tokio::spawn({
-        let (runner, stop) = (runner.clone(), stop.clone());
-        async move { runner.run(stop.wait()).await }
-    });
-
-    let lifecycle = Arc::new(
-        Lifecycle::builder("billing", "b-1")
-            .unwrap()
-            .registry(Arc::new(redis.registry()))
-            .jitter(Duration::ZERO)
-            .ttl(Duration::from_secs(2))
-            .heartbeat_every(HEARTBEAT)
-            .op_timeout(Duration::from_millis(400))
-            .handle_signals(false)
-            .without_control()
-            .build(),
-    );
-    let living = tokio::spawn({
-        let lifecycle = lifecycle.clone();
-        async move { lifecycle.run(&Idle).await }
-    });
-    let registry = redis.registry();
-    let service = ServiceName::new("billing").unwrap();
-    let listed = move |registry: fleetwire::redis::RedisRegistry| {
-        let service = service.clone();
-        async move {
-            registry
-                .list(Some(&service))
-                .await
-                .is_ok_and(|l| l.iter().any(|i| i.id.as_str() == "b-1"))
-        }
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !listed(registry.clone()).await {
-        assert!(Instant::now() < deadline, "the lifecycle did not register");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-
-    // Consumed while publishing: the runner must have the group first.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let load = Load::start(set.url(), durable, &stream).await;
+    let bus = load.bus.clone();
     let old_port = set.primary.port;
     let (mut ok, mut failed) = (Vec::<u64>::new(), 0usize);
     let mut ids = std::collections::BTreeMap::new();
@@ -294,15 +200,7 @@ async fn failover_under_load(durable: bool, replicas: usize) -> Option<Outcome> 
             assert!(set.primary.kill9());
             killed_at = Instant::now();
             killed = true;
-            let (registry, listed) = (registry.clone(), listed.clone());
-            watcher = Some(tokio::spawn(async move {
-                // Skip the moment of the kill, when the old entry may still be read.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                while !listed(registry.clone()).await {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Instant::now()
-            }));
+            watcher = Some(load.watch_relisting());
         }
         if killed && !restarted {
             if let Some(new) = set.wait_new_primary(old_port, Duration::ZERO) {
@@ -363,7 +261,7 @@ async fn failover_under_load(durable: bool, replicas: usize) -> Option<Outcome> 
     let mut last_count = 0;
     let mut quiet_since = Instant::now();
     loop {
-        let got = consumed.lock().clone();
+        let got = load.consumed.lock().clone();
         if want.is_subset(&got) || Instant::now() > deadline {
             break;
         }
@@ -375,7 +273,7 @@ async fn failover_under_load(durable: bool, replicas: usize) -> Option<Outcome> 
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let got = consumed.lock().clone();
+    let got = load.consumed.lock().clone();
     let missing: Vec<u64> = want.difference(&got).copied().collect();
     let lost = missing.len();
     if lost > 0 {
@@ -390,11 +288,7 @@ async fn failover_under_load(durable: bool, replicas: usize) -> Option<Outcome> 
             println!("unconsumed publish {seq} ({id}): in the new primary's stream: {on_primary}");
         }
     }
-    stop.trigger();
-    lifecycle.shutdown_handle().trigger();
-    let counts = consuming.await.unwrap().expect("the runner ended without error");
-    let _ = living.await;
-    let _ = counts;
+    load.stop().await;
     Some(Outcome {
         ok: ok.len(),
         failed,

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+#[cfg(all(feature = "redis", feature = "rt-tokio"))]
+pub mod failover;
 pub mod logs;
 pub mod sentinel;
 
