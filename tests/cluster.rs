@@ -7,45 +7,28 @@
 mod support;
 
 use fleetwire::{
-    redis::RedisBackend,
-    testkit::{self, RealTime},
-    ConsumerName, Envelope, ErrorKind, EventBus, GroupName, Instance, InstanceId, LivenessStore, ReadOptions,
-    RegistryStore, ServiceName, StartFrom, Status, StreamName, Topic, TopicPattern,
+    redis::RedisBackend, ConsumerName, Envelope, ErrorKind, EventBus, GroupName, Instance, InstanceId,
+    LivenessStore, ReadOptions, RegistryStore, ServiceName, StartFrom, Status, StreamName, Topic,
+    TopicPattern,
 };
 use futures_util::StreamExt;
 use std::{
     collections::BTreeSet,
-    sync::Arc,
     time::{Duration, Instant},
 };
 use support::{
     cluster::Cluster,
     failover::{Load, HEARTBEAT},
     sentinel::raw,
+    suites,
 };
 
 fn backend(cluster: &Cluster) -> RedisBackend {
-    RedisBackend::builder()
-        .url(cluster.url())
-        .namespace("sg")
-        .max_len_floor(1)
-        .max_len(200)
-        .build()
-        .expect("backend")
+    suites::backend(&cluster.url())
 }
 
-/// A standalone backend pointed at a port nothing listens on.
-fn unreachable() -> RedisBackend {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    RedisBackend::builder()
-        .url(format!("redis://127.0.0.1:{port}"))
-        .connect_timeout(Duration::from_millis(300))
-        .build()
-        .expect("backend")
+async fn all_suites(cluster: &Cluster) {
+    suites::assert_passed("Cluster", &suites::all(&cluster.url()).await);
 }
 
 /// Every conformance suite, then the key layout, topics and a batch
@@ -56,7 +39,7 @@ async fn conformance_on_tokio() {
         return;
     };
     let redis = backend(&cluster);
-    all_suites(&cluster, &redis).await;
+    all_suites(&cluster).await;
     key_layout(&cluster, &redis).await;
     topics(&redis).await;
     alive_batch_over_all_slots(&cluster, &redis).await;
@@ -75,8 +58,7 @@ fn conformance_on_smol() {
         return;
     };
     smol::block_on(async {
-        let redis = backend(&cluster);
-        all_suites(&cluster, &redis).await;
+        all_suites(&cluster).await;
     });
 }
 
@@ -88,47 +70,8 @@ fn conformance_on_async_std() {
         return;
     };
     async_std::task::block_on(async {
-        let redis = backend(&cluster);
-        all_suites(&cluster, &redis).await;
+        all_suites(&cluster).await;
     });
-}
-
-async fn all_suites(cluster: &Cluster, redis: &RedisBackend) {
-    let reports = [
-        (
-            "registry",
-            testkit::registry::run(&redis.registry(), &RealTime).await,
-        ),
-        (
-            "liveness",
-            testkit::liveness::run(&redis.liveness(), &RealTime).await,
-        ),
-        ("bus", testkit::bus::run(&redis.bus(), &RealTime).await),
-        ("topology", testkit::topology::run(Arc::new(redis.bus())).await),
-        (
-            "lifecycle",
-            testkit::lifecycle::run(Arc::new(redis.registry()), Arc::new(unreachable().registry())).await,
-        ),
-        (
-            "control",
-            testkit::control::run(Arc::new(redis.bus()), Arc::new(redis.registry())).await,
-        ),
-        (
-            "consumer",
-            testkit::consumer::run(Arc::new(
-                RedisBackend::builder()
-                    .url(cluster.url())
-                    .build()
-                    .expect("backend")
-                    .bus(),
-            ))
-            .await,
-        ),
-    ];
-    for (name, r) in &reports {
-        println!("{name} on Cluster:\n{r}");
-        r.assert_all_passed();
-    }
 }
 
 /// `SG_REDIS_URL` picks the Cluster at run time.

@@ -6,66 +6,17 @@
 mod support;
 
 use fleetwire::{
-    redis::RedisBackend,
-    testkit::{self, RealTime},
-    ErrorKind, EventBus, GroupName, Instance, InstanceId, LivenessStore, RegistryStore, ServiceName,
-    StartFrom, Status, StreamName,
+    redis::RedisBackend, ErrorKind, EventBus, GroupName, Instance, InstanceId, LivenessStore, RegistryStore,
+    ServiceName, StartFrom, Status, StreamName,
 };
-use support::RedisServer;
+use support::{suites, RedisServer};
 
 fn backend(server: &RedisServer) -> RedisBackend {
-    RedisBackend::builder()
-        .url(server.url())
-        .namespace("sg")
-        .max_len_floor(1)
-        .max_len(200)
-        .build()
-        .expect("backend")
-}
-
-/// A backend pointed at a port nothing listens on.
-fn unreachable() -> RedisBackend {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    RedisBackend::builder()
-        .url(format!("redis://127.0.0.1:{port}"))
-        .connect_timeout(std::time::Duration::from_millis(300))
-        .build()
-        .expect("backend")
+    suites::backend(&server.url())
 }
 
 async fn all_suites(server: &RedisServer) {
-    let redis = backend(server);
-    let reports = [
-        (
-            "registry",
-            testkit::registry::run(&redis.registry(), &RealTime).await,
-        ),
-        (
-            "liveness",
-            testkit::liveness::run(&redis.liveness(), &RealTime).await,
-        ),
-        ("bus", testkit::bus::run(&redis.bus(), &RealTime).await),
-        (
-            "topology",
-            testkit::topology::run(std::sync::Arc::new(redis.bus())).await,
-        ),
-        (
-            "lifecycle",
-            testkit::lifecycle::run(
-                std::sync::Arc::new(redis.registry()),
-                std::sync::Arc::new(unreachable().registry()),
-            )
-            .await,
-        ),
-    ];
-    for (name, r) in &reports {
-        println!("{name}:\n{r}");
-        r.assert_all_passed();
-    }
+    suites::assert_passed("Redis", &suites::core(&server.url()).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,43 +5,19 @@
 
 mod support;
 
-use fleetwire::{
-    redis::RedisBackend,
-    testkit::{self, RealTime},
-    Envelope, ErrorKind, EventBus, RegistryStore, ServiceName, StreamName,
-};
+use fleetwire::{redis::RedisBackend, Envelope, ErrorKind, EventBus, RegistryStore, ServiceName, StreamName};
 use std::{
     collections::BTreeSet,
-    sync::Arc,
     time::{Duration, Instant},
 };
 use support::{
     failover::{Load, HEARTBEAT},
     sentinel::{raw, SentinelSet},
+    suites,
 };
 
 fn backend(set: &SentinelSet) -> RedisBackend {
-    RedisBackend::builder()
-        .url(set.url())
-        .namespace("sg")
-        .max_len_floor(1)
-        .max_len(200)
-        .build()
-        .expect("backend")
-}
-
-/// A standalone backend pointed at a port nothing listens on.
-fn unreachable() -> RedisBackend {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    RedisBackend::builder()
-        .url(format!("redis://127.0.0.1:{port}"))
-        .connect_timeout(Duration::from_millis(300))
-        .build()
-        .expect("backend")
+    suites::backend(&set.url())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,42 +47,7 @@ fn conformance_on_async_std() {
 }
 
 async fn all_suites(set: &SentinelSet) {
-    let redis = backend(set);
-    let reports = [
-        (
-            "registry",
-            testkit::registry::run(&redis.registry(), &RealTime).await,
-        ),
-        (
-            "liveness",
-            testkit::liveness::run(&redis.liveness(), &RealTime).await,
-        ),
-        ("bus", testkit::bus::run(&redis.bus(), &RealTime).await),
-        ("topology", testkit::topology::run(Arc::new(redis.bus())).await),
-        (
-            "lifecycle",
-            testkit::lifecycle::run(Arc::new(redis.registry()), Arc::new(unreachable().registry())).await,
-        ),
-        (
-            "control",
-            testkit::control::run(Arc::new(redis.bus()), Arc::new(redis.registry())).await,
-        ),
-        (
-            "consumer",
-            testkit::consumer::run(Arc::new(
-                RedisBackend::builder()
-                    .url(set.url())
-                    .build()
-                    .expect("backend")
-                    .bus(),
-            ))
-            .await,
-        ),
-    ];
-    for (name, r) in &reports {
-        println!("{name} on Sentinel:\n{r}");
-        r.assert_all_passed();
-    }
+    suites::assert_passed("Sentinel", &suites::all(&set.url()).await);
     // Everything went to the primary: the replica refuses writes, and got
     // its copy of the streams by replication.
     let xadds = |port| {

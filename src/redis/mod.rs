@@ -509,14 +509,28 @@ mod tls_sentinel_tests {
         assert_eq!(err.kind(), crate::ErrorKind::Unsupported);
         assert!(err.to_string().contains("TLS through Sentinel"), "{err}");
         assert!(!err.to_string().contains("pw"), "{err}");
+    }
+}
+
+#[cfg(all(test, feature = "redis-tls", feature = "redis-cluster"))]
+mod tls_cluster_tests {
+    /// A plain Cluster URL with TLS settings is a mistake to name, as a
+    /// plain `redis://` one is: TLS on Cluster is `rediss+cluster://`.
+    #[test]
+    fn tls_settings_with_a_plain_cluster_url_are_refused_not_ignored() {
         let err = super::RedisBackend::builder()
             .url("redis+cluster://:pw@127.0.0.1:1")
             .tls(super::RedisTls::new())
             .build()
             .expect_err("plain TCP would ignore the TLS settings");
-        #[cfg(feature = "redis-cluster")]
-        assert!(err.to_string().contains("TLS through Cluster"), "{err}");
-        assert_eq!(err.kind(), crate::ErrorKind::Unsupported);
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains("rediss+cluster://"), "{err}");
+        assert!(!err.to_string().contains("pw"), "{err}");
+        super::RedisBackend::builder()
+            .url("rediss+cluster://:pw@127.0.0.1:1")
+            .tls(super::RedisTls::new())
+            .build()
+            .expect("TLS settings with a TLS Cluster URL");
     }
 }
 

@@ -8,6 +8,8 @@ pub mod cluster;
 pub mod failover;
 pub mod logs;
 pub mod sentinel;
+#[cfg(all(feature = "redis", feature = "testkit"))]
+pub mod suites;
 
 use std::{
     io::{Read, Write},
