@@ -43,6 +43,7 @@ async fn conformance_on_tokio() {
     key_layout(&cluster, &redis).await;
     topics(&redis).await;
     alive_batch_over_all_slots(&cluster, &redis).await;
+    alive_batch_after_a_slot_moved(&cluster, &redis).await;
     dead_letter_across_slots(&redis).await;
     cancelled_reads_are_unblocked_at_once(&cluster, &redis).await;
     acknowledged_publish(&cluster).await;
@@ -289,6 +290,69 @@ async fn topics(redis: &RedisBackend) {
         .expect("second event")
         .expect("subscription open");
     assert_eq!(next.topic, topic, "the wildcard does not match system.api.load");
+}
+
+/// A slot moves to another primary (`CLUSTER SETSLOT` and `MIGRATE`, as a
+/// resharding does) after the batch path learned the slot map: the next
+/// batch meets `MOVED` for that slot, and must still answer exactly.
+async fn alive_batch_after_a_slot_moved(cluster: &Cluster, redis: &RedisBackend) {
+    let liveness = redis.liveness();
+    let ids: Vec<InstanceId> = (0..3_000)
+        .map(|n| InstanceId::new(format!("m-{n}")).unwrap())
+        .collect();
+    for id in ids.iter().step_by(2) {
+        liveness.touch(id, Duration::from_secs(60)).await.unwrap();
+    }
+    let want: Vec<bool> = (0..ids.len()).map(|n| n % 2 == 0).collect();
+    assert_eq!(
+        liveness.is_alive_batch(&ids).await.unwrap(),
+        want,
+        "before the move"
+    );
+    // Move the slot of `m-0` (alive) from its primary to another one.
+    let key = "sg:liveness:m-0";
+    let from = cluster.primary_of(key).expect("an owner");
+    let to = (0..cluster.nodes.len())
+        .find(|&i| i != from && cluster.primary_of_index(i))
+        .expect("another primary");
+    let (src, dst) = (&cluster.nodes[from], &cluster.nodes[to]);
+    let id_of = |n: &support::RedisServer| n.cmd(&["CLUSTER", "MYID"]).lines().nth(1).unwrap().to_owned();
+    let (src_id, dst_id) = (id_of(src), id_of(dst));
+    let slot = src.cmd(&["CLUSTER", "KEYSLOT", key]);
+    let slot = slot.trim().trim_start_matches(':').to_owned();
+    assert!(dst
+        .cmd(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src_id])
+        .starts_with("+OK"));
+    assert!(src
+        .cmd(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst_id])
+        .starts_with("+OK"));
+    let keys = src.cmd(&["CLUSTER", "GETKEYSINSLOT", &slot, "1000"]);
+    // Every key of the slot (RESP: `*n`, then `$len` and the key for each).
+    let keys: Vec<&str> = keys
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with(['*', '$']))
+        .collect();
+    assert!(keys.contains(&key), "{keys:?}");
+    let port = dst.port.to_string();
+    let mut migrate = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+    migrate.extend(keys.iter().copied());
+    assert!(src.cmd(&migrate).starts_with("+OK"), "MIGRATE failed");
+    for n in [dst, src] {
+        assert!(n
+            .cmd(&["CLUSTER", "SETSLOT", &slot, "NODE", &dst_id])
+            .starts_with("+OK"));
+    }
+    assert_eq!(cluster.primary_of(key), Some(to), "the slot moved");
+    assert_eq!(
+        liveness.is_alive_batch(&ids).await.unwrap(),
+        want,
+        "after the move"
+    );
+    assert_eq!(
+        liveness.is_alive_batch(&ids).await.unwrap(),
+        want,
+        "once the map is re-read"
+    );
 }
 
 /// 10,000 ids spread over every slot, checked in one call; returns the timing.

@@ -164,6 +164,12 @@ impl Cluster {
         }
     }
 
+    /// Whether the node at `i` is running as a primary.
+    pub fn primary_of_index(&self, i: usize) -> bool {
+        self.ask(self.nodes[i].port, &["ROLE"])
+            .is_some_and(|r| r.contains("master"))
+    }
+
     /// Index in `nodes` of the primary that owns `key`'s slot now.
     pub fn primary_of(&self, key: &str) -> Option<usize> {
         for (i, n) in self.nodes.iter().enumerate() {
