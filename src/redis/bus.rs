@@ -103,7 +103,7 @@ impl RedisBus {
         // `WAIT n 0` would wait forever.
         let wait_ms = clock::duration_ms(timeout).clamp(1, MAX_DELAY_MS);
         pipe.cmd("WAIT").arg(replicas).arg(wait_ms);
-        let slot = CancelSlot::default();
+        let slot = CancelSlot::uncancellable();
         let wait = Duration::from_millis(wait_ms).saturating_add(self.conn.response_timeout);
         let replies = self
             .conn

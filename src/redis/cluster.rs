@@ -874,9 +874,14 @@ impl BlockingCluster {
                 Err(e) => return Err(self.explain(e).await),
             },
         };
-        let hash_slot = pipe
-            .cmd_iter()
-            .find_map(|c| keys_of(c).first().map(|k| slot_of(k)));
+        // Only a read that may be cancelled needs its connection's id.
+        let hash_slot = slot
+            .cancellable()
+            .then(|| {
+                pipe.cmd_iter()
+                    .find_map(|c| keys_of(c).first().map(|k| slot_of(k)))
+            })
+            .flatten();
         let entered = match hash_slot {
             Some(hash_slot) => match rt::timeout(wait, b.client_id(hash_slot)).await {
                 Ok(Ok(id)) => slot.enter_on(hash_slot, id),

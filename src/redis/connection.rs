@@ -207,6 +207,10 @@ pub(crate) struct CancelSlot {
     /// On Cluster: the hash slot whose primary serves the read, plus one
     /// (0: not on Cluster). Stored before `client_id`.
     hash_slot: AtomicU32,
+    /// Nobody will cancel this call (it has no unblocking guard), so the
+    /// read need not learn its connection's id.
+    #[cfg_attr(not(feature = "redis-cluster"), allow(dead_code))]
+    uncancellable: bool,
 }
 
 /// Which connection a cancelled blocking read is blocked on.
@@ -218,6 +222,20 @@ pub(crate) struct BlockedOn {
 }
 
 impl CancelSlot {
+    /// A slot for a call no guard will cancel (a publish waiting on `WAIT`).
+    pub(crate) fn uncancellable() -> Self {
+        Self {
+            uncancellable: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether a caller may cancel the call and unblock its connection.
+    #[cfg(feature = "redis-cluster")]
+    pub(crate) fn cancellable(&self) -> bool {
+        !self.uncancellable
+    }
+
     /// Mark cancelled; the connection to unblock, if one is in use.
     pub(crate) fn cancel(&self) -> Option<BlockedOn> {
         self.cancelled.store(true, SeqCst);
