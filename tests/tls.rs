@@ -483,6 +483,9 @@ async fn cluster_over_tls() {
     let (_, other_ca) = ca("some other CA");
     let wrong = backend(cluster.url(), RedisTls::new().ca_pem(other_ca));
     expect_tls_failure(&wrong, "Cluster, unknown CA").await;
+    // Listing streams reads the slot map itself: the same verdict.
+    let err = wrong.stream_names().await.expect_err("listing streams");
+    assert_eq!(err.kind(), ErrorKind::Tls, "stream_names: {err}");
     // TLS settings need the TLS scheme, as on one server.
     let plain = cluster.url().replacen("rediss+", "redis+", 1);
     let err = RedisBackend::builder()

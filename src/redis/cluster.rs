@@ -20,6 +20,7 @@
 //!
 //! The key layout on Cluster is described in [`super::keys`].
 
+use super::cluster_tls::Probe;
 use super::connection::{map_err, Blocking, CancelSlot, Conn, Endpoint, Settings, Shared};
 use crate::{
     error::{Error, Result},
@@ -153,7 +154,12 @@ impl Target {
 #[cfg(feature = "redis-tls")]
 pub(crate) type Certs = Option<redis::TlsCertificates>;
 #[cfg(not(feature = "redis-tls"))]
-pub(crate) type Certs = Option<std::convert::Infallible>;
+pub(crate) type Certs = Option<NoCerts>;
+
+/// What [`Certs`] holds without TLS support: nothing can be made.
+#[cfg(not(feature = "redis-tls"))]
+#[derive(Clone)]
+pub(crate) enum NoCerts {}
 
 /// A cluster client for `nodes`, with `certs` when given.
 fn client_builder(nodes: &[String], certs: &Certs) -> redis::cluster::ClusterClientBuilder {
@@ -167,7 +173,7 @@ fn client_builder(nodes: &[String], certs: &Certs) -> redis::cluster::ClusterCli
 }
 
 /// A client for one seed node (pub/sub), with `certs` when given.
-fn seed_client(node: &str, certs: &Certs) -> redis::RedisResult<redis::Client> {
+pub(crate) fn seed_client(node: &str, certs: &Certs) -> redis::RedisResult<redis::Client> {
     #[cfg(feature = "redis-tls")]
     if let Some(certs) = certs {
         return redis::Client::build_with_tls(node, certs.clone());
@@ -206,12 +212,9 @@ pub(crate) fn connect(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| map_err(e, what()))?;
     let pubsub = seeds[0].clone();
-    let probe = target.tls.then(|| {
-        Arc::new(Probe {
-            seed: seeds[0].clone(),
-            within: settings.connect_timeout,
-        })
-    });
+    let probe = target
+        .tls
+        .then(|| Arc::new(Probe::new(seeds.clone(), certs.clone(), settings.connect_timeout)));
     let config = ClusterConfig::new()
         .set_connection_timeout(settings.connect_timeout)
         .set_response_timeout(settings.response_timeout);
@@ -243,28 +246,6 @@ fn explained<'a, T: Send + 'a>(probe: Option<Arc<Probe>>, call: RedisFuture<'a, 
                 ok => ok,
             }
         }),
-    }
-}
-
-/// A seed node's own client, to tell why the cluster client found no node.
-pub(crate) struct Probe {
-    seed: redis::Client,
-    within: Duration,
-}
-
-impl Probe {
-    /// redis-rs's cluster client reports a failed TLS handshake as "no
-    /// connection found", which reads as an outage: connect to one seed on
-    /// its own and return its error instead when it is a TLS failure.
-    async fn explain(&self, e: RedisError) -> RedisError {
-        let not_found = e.kind() == redis::ErrorKind::ClusterConnectionNotFound || e.is_io_error();
-        if !not_found {
-            return e;
-        }
-        match rt::timeout(self.within, self.seed.get_multiplexed_async_connection()).await {
-            Ok(Err(direct)) if super::connection::is_tls_failure(&direct) => direct,
-            _ => e,
-        }
     }
 }
 
@@ -309,15 +290,18 @@ impl Routed {
     /// One route per primary (by the first slot it serves), for commands
     /// every primary must answer, such as `SCAN`.
     pub(crate) async fn each_primary(&self) -> redis::RedisResult<Vec<RoutingInfo>> {
-        // Read afresh: a cached map may predate a node added since.
-        *self.owners.lock() = None;
-        let owners = self.owners().await.ok_or_else(|| {
+        // Read afresh (a cached map may predate a node added since), and
+        // through this connection, so a failure keeps its cause.
+        let mut this = self.clone();
+        let reply: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut this).await?;
+        let owners = Arc::new(Owners::parse(&reply).ok_or_else(|| {
             redis::RedisError::from((
-                redis::ErrorKind::Client,
+                redis::ErrorKind::UnexpectedReturnType,
                 "no slot map",
                 "CLUSTER SLOTS gave no usable reply".to_owned(),
             ))
-        })?;
+        })?);
+        *self.owners.lock() = Some(owners.clone());
         let mut seen = std::collections::HashSet::new();
         Ok(owners
             .node_of
@@ -898,6 +882,11 @@ impl BlockingCluster {
         // the pipeline is still routed by the stream's slot): a remembered id
         // gone stale (the slot moved to another primary, redis-rs replaced
         // the node connection) is corrected for the next read.
+        // (The callers' pipelines are plain ones whose last reply is read.)
+        debug_assert!(
+            !pipe.is_transaction(),
+            "a transaction cannot take CLIENT ID first"
+        );
         let checked = hash_slot.map(|hash_slot| {
             let mut p = redis::pipe();
             p.cmd("CLIENT").arg("ID");

@@ -32,6 +32,8 @@
 mod bus;
 #[cfg(feature = "redis-cluster")]
 mod cluster;
+#[cfg(feature = "redis-cluster")]
+mod cluster_tls;
 mod connection;
 mod guard;
 mod keys;

@@ -77,7 +77,8 @@ impl Cluster {
         for n in &cluster.nodes {
             create.arg(format!("127.0.0.1:{}", n.port));
         }
-        let out = create.args(["--cluster-replicas", "1", "--cluster-yes"]).output();
+        create.args(["--cluster-replicas", "1", "--cluster-yes"]);
+        let out = output_within(&mut create, Duration::from_secs(60));
         let out = match out {
             Ok(out) => out,
             Err(e) if std::env::var_os("CI").is_none() => {
@@ -197,4 +198,25 @@ impl Cluster {
         }
         None
     }
+}
+
+/// Run `cmd` to completion, killed after `within` (`redis-cli --cluster
+/// create` waits for ever for nodes that cannot talk to each other).
+fn output_within(cmd: &mut Command, within: Duration) -> std::io::Result<std::process::Output> {
+    use std::process::Stdio;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
+    let deadline = Instant::now() + within;
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output()?;
+            panic!(
+                "{cmd:?} did not finish within {within:?}:\n{}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output()
 }
