@@ -8,28 +8,13 @@ mod support;
 use fleetwire::{
     control::{ControlConfig, ControlKey},
     redis::RedisBackend,
-    service::{Context, Lifecycle, Service},
+    service::Lifecycle,
     EventBus, RegistryStore, Status,
 };
 use std::{process::Command, sync::Arc, time::Duration};
+use support::Idle;
 
 const KEY: &str = "a fleet key for the ctl test, 32b";
-
-struct Idle;
-
-#[fleetwire::async_trait]
-impl Service for Idle {
-    async fn on_start(&self, _: &Context) -> fleetwire::Result<()> {
-        Ok(())
-    }
-    async fn run(&self, ctx: &Context) -> fleetwire::Result<()> {
-        ctx.stopped().await;
-        Ok(())
-    }
-    async fn on_stop(&self, _: &Context) -> fleetwire::Result<()> {
-        Ok(())
-    }
-}
 
 /// Run the binary off the async runtime; `(exit code, stdout, stderr)`.
 async fn ctl(url: &str, key: Option<&str>, args: &[&str]) -> (i32, String, String) {

@@ -7,7 +7,7 @@ mod support;
 use fleetwire::{
     control::{Command, ControlClient, ControlConfig, ControlKey, Op, Target, COMMAND_KIND},
     memory::{MemoryBus, MemoryRegistry},
-    service::{Context, Lifecycle, Service},
+    service::Lifecycle,
     testkit, Envelope, EventBus, RegistryStore, StreamName,
 };
 use std::{
@@ -15,6 +15,7 @@ use std::{
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
+use support::Idle;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_on_memory() {
@@ -60,22 +61,6 @@ impl Write for Captured {
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-struct Idle;
-
-#[fleetwire::async_trait]
-impl Service for Idle {
-    async fn on_start(&self, _: &Context) -> fleetwire::Result<()> {
-        Ok(())
-    }
-    async fn run(&self, ctx: &Context) -> fleetwire::Result<()> {
-        ctx.stopped().await;
-        Ok(())
-    }
-    async fn on_stop(&self, _: &Context) -> fleetwire::Result<()> {
         Ok(())
     }
 }

@@ -496,23 +496,8 @@ async fn wrappers_pass_the_conformance_suites() {
 async fn a_lost_registration_shows_as_a_heartbeat_failure_and_a_reregistration() {
     use fleetwire::{
         memory::{MemoryBus, MemoryRegistry},
-        service::{Context, Lifecycle, Service},
+        service::Lifecycle,
     };
-
-    struct Idle;
-    #[async_trait::async_trait]
-    impl Service for Idle {
-        async fn on_start(&self, _: &Context) -> fleetwire::Result<()> {
-            Ok(())
-        }
-        async fn run(&self, ctx: &Context) -> fleetwire::Result<()> {
-            ctx.stopped().await;
-            Ok(())
-        }
-        async fn on_stop(&self, _: &Context) -> fleetwire::Result<()> {
-            Ok(())
-        }
-    }
 
     let metrics = Metrics::default();
     let raw = Arc::new(MemoryRegistry::new());
@@ -525,7 +510,7 @@ async fn a_lost_registration_shows_as_a_heartbeat_failure_and_a_reregistration()
         .handle_signals(false)
         .build();
     let stop = lifecycle.shutdown_handle();
-    let task = tokio::spawn(async move { lifecycle.run(&Idle).await });
+    let task = tokio::spawn(async move { lifecycle.run(&support::Idle).await });
 
     let series = |text: &str, name: &str| {
         text.lines()

@@ -276,22 +276,12 @@ impl Routed {
         if let Some(o) = self.owners.lock().clone() {
             return Some(o);
         }
-        let mut c = self.conn.clone();
-        let reply: Value = redis::cmd("CLUSTER")
-            .arg("SLOTS")
-            .query_async(&mut c)
-            .await
-            .ok()?;
-        let owners = Arc::new(Owners::parse(&reply)?);
-        *self.owners.lock() = Some(owners.clone());
-        Some(owners)
+        self.read_owners().await.ok()
     }
 
-    /// One route per primary (by the first slot it serves), for commands
-    /// every primary must answer, such as `SCAN`.
-    pub(crate) async fn each_primary(&self) -> redis::RedisResult<Vec<RoutingInfo>> {
-        // Read afresh (a cached map may predate a node added since), and
-        // through this connection, so a failure keeps its cause.
+    /// Read the slot map afresh (through this connection, so a failure
+    /// keeps its cause) and keep it.
+    async fn read_owners(&self) -> redis::RedisResult<Arc<Owners>> {
         let mut this = self.clone();
         let reply: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(&mut this).await?;
         let owners = Arc::new(Owners::parse(&reply).ok_or_else(|| {
@@ -302,6 +292,14 @@ impl Routed {
             ))
         })?);
         *self.owners.lock() = Some(owners.clone());
+        Ok(owners)
+    }
+
+    /// One route per primary (by the first slot it serves), for commands
+    /// every primary must answer, such as `SCAN`.
+    pub(crate) async fn each_primary(&self) -> redis::RedisResult<Vec<RoutingInfo>> {
+        // Afresh: a cached map may predate a node added since.
+        let owners = self.read_owners().await?;
         let mut seen = std::collections::HashSet::new();
         Ok(owners
             .node_of

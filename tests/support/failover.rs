@@ -2,10 +2,11 @@
 //! primary: a consumer runner recording each message's sequence number, and
 //! a lifecycle keeping instance `b-1` of `billing` registered.
 
+use super::Idle;
 use fleetwire::{
     consumer::{HandlerResult, Runner, RunnerCounts},
     redis::{RedisBackend, RedisRegistry},
-    service::{Context, Lifecycle, Service, Shutdown},
+    service::{Lifecycle, Shutdown},
     ConsumerName, EventBus, GroupName, RegistryStore, ServiceName, StreamName,
 };
 use parking_lot::Mutex;
@@ -18,23 +19,6 @@ use tokio::task::JoinHandle;
 
 /// How often the lifecycle heartbeats (its TTL is 2 s).
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
-
-/// Waits until stopped; the lifecycle keeps it registered.
-struct Idle;
-
-#[fleetwire::async_trait]
-impl Service for Idle {
-    async fn on_start(&self, _: &Context) -> fleetwire::Result<()> {
-        Ok(())
-    }
-    async fn run(&self, ctx: &Context) -> fleetwire::Result<()> {
-        ctx.stopped().await;
-        Ok(())
-    }
-    async fn on_stop(&self, _: &Context) -> fleetwire::Result<()> {
-        Ok(())
-    }
-}
 
 pub struct Load {
     pub redis: RedisBackend,

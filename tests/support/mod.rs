@@ -265,3 +265,20 @@ impl Drop for RedisServer {
         self.stop();
     }
 }
+
+/// A service that does nothing until stopped; its lifecycle keeps it registered.
+pub struct Idle;
+
+#[fleetwire::async_trait]
+impl fleetwire::service::Service for Idle {
+    async fn on_start(&self, _: &fleetwire::service::Context) -> fleetwire::Result<()> {
+        Ok(())
+    }
+    async fn run(&self, ctx: &fleetwire::service::Context) -> fleetwire::Result<()> {
+        ctx.stopped().await;
+        Ok(())
+    }
+    async fn on_stop(&self, _: &fleetwire::service::Context) -> fleetwire::Result<()> {
+        Ok(())
+    }
+}
